@@ -1,0 +1,178 @@
+//! The one error type of the crate.
+//!
+//! Every variant names what the user must fix: the file, the field or the flag, and what was
+//! expected against what was found. `Display` is one sentence; `main` prints it (and its
+//! sources) on stderr and exits non-zero.
+
+use std::path::{Path, PathBuf};
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O failure on a named file or directory.
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file that does not parse or does not have the expected shape.
+    #[error("{path}: invalid JSON: {source}", path = .path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A file parsed, but one of its fields is missing or wrong.
+    #[error("{path}: field `{field}`: {msg}", path = .path.display())]
+    Field {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
+
+    /// A command-line flag (or its pipeline-config key) has a bad value.
+    #[error("{flag}: {msg}")]
+    Flag { flag: String, msg: String },
+
+    /// `config.json` names an architecture this crate does not implement.
+    #[error("{path}: unsupported model_type `{found}` (supported: {supported})", path = .path.display())]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        found: String,
+        supported: String,
+    },
+
+    /// A tensor the architecture needs is absent from the checkpoint.
+    #[error("{dir}: missing tensor `{name}` in the safetensors checkpoint", dir = .dir.display())]
+    MissingTensor { dir: PathBuf, name: String },
+
+    /// A tensor exists but has the wrong shape.
+    #[error("{dir}: tensor `{name}` has shape {found:?}, expected {expected:?} from config.json", dir = .dir.display())]
+    TensorShape {
+        dir: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A model directory holds only pickle checkpoints.
+    #[error("{path}: pickle checkpoints are not loaded (they can run arbitrary code); convert the model to safetensors", path = .path.display())]
+    PickleCheckpoint { path: PathBuf },
+
+    /// A corpus file is unreadable or malformed; `location` is e.g. `line 12` or `row group 3`.
+    #[error("{path}: {location}: {msg}", path = .path.display())]
+    Corpus {
+        path: PathBuf,
+        location: String,
+        msg: String,
+    },
+
+    /// A tokenizer that cannot be loaded or used.
+    #[error("{path}: {msg}", path = .path.display())]
+    Tokenizer { path: PathBuf, msg: String },
+
+    /// A Parquet or Arrow failure on a named file.
+    #[error("{path}: {msg}", path = .path.display())]
+    Parquet { path: PathBuf, msg: String },
+
+    /// A cache that does not fit the request (other teacher, other format version, ...).
+    #[error("{path}: {msg}", path = .path.display())]
+    Cache { path: PathBuf, msg: String },
+
+    /// `verify` found a bad shard; `row` is the row inside that shard.
+    #[error("{path}: row {row}: {msg}", path = .path.display())]
+    Verify {
+        path: PathBuf,
+        row: usize,
+        msg: String,
+    },
+
+    /// A tensor operation failed; `context` says which step.
+    #[error("{context}: {source}")]
+    Candle {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// A pipeline stage stopped unexpectedly (a worker thread panicked or hung up).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn field(path: impl AsRef<Path>, field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Field {
+            path: path.as_ref().to_path_buf(),
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn flag(flag: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Flag {
+            flag: flag.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn corpus(path: impl AsRef<Path>, location: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Corpus {
+            path: path.as_ref().to_path_buf(),
+            location: location.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn parquet(path: impl AsRef<Path>, msg: impl std::fmt::Display) -> Self {
+        Error::Parquet {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.to_string(),
+        }
+    }
+
+    pub fn cache(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Cache {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Attach a step description to candle results: `x.matmul(&w).ctx("lm_head")?`.
+pub trait CandleContext<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> CandleContext<T> for std::result::Result<T, candle_core::Error> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Candle {
+            context: context.into(),
+            source,
+        })
+    }
+}
+
+/// Attach a path to `std::io` results: `File::open(p).at(p)?`.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}
