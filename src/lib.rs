@@ -18,5 +18,7 @@ pub mod hash;
 pub mod inspect;
 pub mod model;
 pub mod precompute;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -1,0 +1,41 @@
+# taidcache: the one entry point. `make test` is what CI (.ci/run) and the README run.
+
+PYTHON ?= python3
+CARGO ?= cargo
+PY_DEPS := pyarrow jsonschema numpy
+
+.PHONY: all setup build test lint fmt bench doc clean
+
+all: build
+
+## setup: install the Python packages the test suite reads shards with (pyarrow, jsonschema, numpy)
+setup:
+	@$(PYTHON) -c "import pyarrow, jsonschema, numpy" 2>/dev/null || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check $(PY_DEPS)
+
+## build: the taidcache binary (release)
+build:
+	$(CARGO) build --release --locked
+
+## test: unit, integration and pyarrow tests
+test: setup
+	$(CARGO) test --locked
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+## bench: criterion benchmarks (release)
+bench:
+	$(CARGO) bench --locked
+
+## doc: API documentation
+doc:
+	$(CARGO) doc --no-deps --locked
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,304 @@
+//! The decoder-only transformer shared by every supported architecture.
+//!
+//! Parameters are addressed with `vb.pp(..)` under their Hugging Face names, so loading a
+//! checkpoint and saving one use the same paths. Two forwards share one code path:
+//! [`Mode::Infer`] uses candle's fused kernels (no backward), [`Mode::Train`] uses only
+//! differentiable ops (`rms_norm` via `forward_diff`, `rope_slow`, `ops::softmax`).
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+
+use super::config::{Architecture, ModelConfig};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Which kernels a forward uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Fused kernels, no gradients.
+    Infer,
+    /// Differentiable ops only.
+    Train,
+}
+
+fn norm(n: &RmsNorm, x: &Tensor, mode: Mode) -> CResult<Tensor> {
+    match mode {
+        Mode::Infer => n.forward(&x.contiguous()?),
+        Mode::Train => n.forward_diff(x),
+    }
+}
+
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> CResult<Linear> {
+    if bias {
+        candle_nn::linear_b(in_dim, out_dim, true, vb)
+    } else {
+        candle_nn::linear_no_bias(in_dim, out_dim, vb)
+    }
+}
+
+enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+struct Attention {
+    qkv: Qkv,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+}
+
+impl Attention {
+    fn new(cfg: &ModelConfig, window: Option<usize>, vb: VarBuilder) -> CResult<Self> {
+        let h = cfg.hidden_size;
+        let (q_dim, kv_dim) = (
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+        );
+        let qkv = if cfg.architecture == Architecture::Phi3 {
+            Qkv::Fused(linear(h, q_dim + 2 * kv_dim, false, vb.pp("qkv_proj"))?)
+        } else {
+            Qkv::Separate {
+                q: linear(h, q_dim, cfg.qkv_bias, vb.pp("q_proj"))?,
+                k: linear(h, kv_dim, cfg.qkv_bias, vb.pp("k_proj"))?,
+                v: linear(h, kv_dim, cfg.qkv_bias, vb.pp("v_proj"))?,
+            }
+        };
+        let (q_norm, k_norm) = if cfg.architecture == Architecture::Qwen3 {
+            (
+                Some(candle_nn::rms_norm(cfg.head_dim, cfg.rms_norm_eps, vb.pp("q_norm"))?),
+                Some(candle_nn::rms_norm(cfg.head_dim, cfg.rms_norm_eps, vb.pp("k_norm"))?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            qkv,
+            o: linear(q_dim, h, cfg.o_bias, vb.pp("o_proj"))?,
+            q_norm,
+            k_norm,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            window,
+        })
+    }
+
+    /// x: [b, t, hidden]; cos, sin: [t, head_dim / 2]; returns [b, t, hidden].
+    fn forward(&self, x: &Tensor, rope: &Rope, mode: Mode) -> CResult<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Fused(qkv) => {
+                let all = qkv.forward(x)?;
+                (
+                    all.narrow(D::Minus1, 0, nh * hd)?,
+                    all.narrow(D::Minus1, nh * hd, nkv * hd)?,
+                    all.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        let mut q = q.reshape((b, t, nh, hd))?;
+        let mut k = k.reshape((b, t, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = norm(qn, &q, mode)?;
+            k = norm(kn, &k, mode)?;
+        }
+        let q = rope.apply(&q.transpose(1, 2)?.contiguous()?, mode)?;
+        let k = rope.apply(&k.transpose(1, 2)?.contiguous()?, mode)?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = candle_transformers::utils::repeat_kv(k, nh / nkv)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, nh / nkv)?.contiguous()?;
+
+        let dtype = q.dtype();
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
+        let mask = causal_mask(t, self.window, x.device())?;
+        let scores = scores.broadcast_add(&mask)?;
+        let probs = match mode {
+            Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        }
+        .to_dtype(dtype)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        self.o.forward(&out)
+    }
+}
+
+/// Additive mask `[t, t]`: 0 where position i may attend to j (j ≤ i, and i − j < window), −∞ elsewhere.
+fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> CResult<Tensor> {
+    let w = window.unwrap_or(usize::MAX);
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i && i - j < w { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+struct Mlp {
+    gate_up: GateUp,
+    down: Linear,
+    intermediate: usize,
+}
+
+impl Mlp {
+    fn new(cfg: &ModelConfig, vb: VarBuilder) -> CResult<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let gate_up = if cfg.architecture == Architecture::Phi3 {
+            GateUp::Fused(linear(h, 2 * i, false, vb.pp("gate_up_proj"))?)
+        } else {
+            GateUp::Separate {
+                gate: linear(h, i, cfg.mlp_bias, vb.pp("gate_proj"))?,
+                up: linear(h, i, cfg.mlp_bias, vb.pp("up_proj"))?,
+            }
+        };
+        Ok(Self {
+            gate_up,
+            down: linear(i, h, cfg.mlp_bias, vb.pp("down_proj"))?,
+            intermediate: i,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused(gu) => {
+                let both = gu.forward(x)?;
+                (
+                    both.narrow(D::Minus1, 0, self.intermediate)?,
+                    both.narrow(D::Minus1, self.intermediate, self.intermediate)?,
+                )
+            }
+        };
+        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Rotary tables for one forward.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// cos/sin `[t, head_dim / 2]` in `dtype`, computed in f32 as transformers does.
+    fn new(inv_freq: &[f32], t: usize, dtype: DType, device: &Device) -> CResult<Self> {
+        let half = inv_freq.len();
+        let freqs: Vec<f32> = (0..t)
+            .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
+            .collect();
+        let freqs = Tensor::from_vec(freqs, (t, half), device)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// x: [b, heads, t, head_dim]
+    fn apply(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
+        match mode {
+            Mode::Infer => candle_nn::rotary_emb::rope(x, &self.cos, &self.sin),
+            Mode::Train => candle_nn::rotary_emb::rope_slow(x, &self.cos, &self.sin),
+        }
+    }
+}
+
+/// A decoder-only causal language model.
+pub struct Decoder {
+    cfg: ModelConfig,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// Build from a `VarBuilder` whose paths are the Hugging Face tensor names.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> CResult<Self> {
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let m = vb.pp("model");
+        let embed = candle_nn::embedding(v, h, m.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = m.pp("layers").pp(i);
+                Ok(Layer {
+                    input_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
+                    attn: Attention::new(cfg, cfg.sliding_window[i], l.pp("self_attn"))?,
+                    post_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("post_attention_layernorm"))?,
+                    mlp: Mlp::new(cfg, l.pp("mlp"))?,
+                })
+            })
+            .collect::<CResult<Vec<_>>>()?;
+        let norm = candle_nn::rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(h, v, vb.pp("lm_head"))?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq: cfg.rope_inv_freq(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// ids: [b, t] u32 → final-norm hidden states [b, t, hidden] in the model dtype.
+    pub fn forward_hidden(&self, ids: &Tensor, mode: Mode) -> CResult<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let rope = Rope::new(&self.inv_freq, t, self.dtype, &self.device)?;
+        let mut x = self.embed.forward(ids)?;
+        for layer in &self.layers {
+            let residual = &x;
+            let a = layer.attn.forward(&norm(&layer.input_norm, &x, mode)?, &rope, mode)?;
+            let x1 = (residual + a)?;
+            let m = layer.mlp.forward(&norm(&layer.post_norm, &x1, mode)?)?;
+            x = (x1 + m)?;
+        }
+        norm(&self.norm, &x, mode)
+    }
+
+    /// hidden: [.., hidden] → logits [.., vocab] in f32.
+    pub fn logits(&self, hidden: &Tensor) -> CResult<Tensor> {
+        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    /// ids: [b, t] u32 → logits [b, t, vocab] f32 at every position.
+    pub fn forward(&self, ids: &Tensor, mode: Mode) -> CResult<Tensor> {
+        self.logits(&self.forward_hidden(ids, mode)?)
+    }
+}
