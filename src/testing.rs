@@ -144,3 +144,15 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, tokenizer: Option<&tokenize
     }
     Ok(())
 }
+
+/// `rows` rows of LLM-like logits over `vocab`: Zipf-shaped in the id (frequent, small ids are
+/// likelier) with Gaussian noise, so the top-k is spread over the vocabulary as in real teachers.
+pub fn llm_like_logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Normal::new(seed);
+    let mut out = Vec::with_capacity(rows * vocab);
+    for _ in 0..rows {
+        let sharpness = 1.0 + rng.uniform() as f32;
+        out.extend((0..vocab).map(|y| -sharpness * ((1 + y) as f32).ln() + 1.5 * rng.sample()));
+    }
+    out
+}

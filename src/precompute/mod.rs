@@ -317,7 +317,7 @@ fn prepare_out(opts: &PrecomputeOptions, fresh: &Manifest) -> Result<Option<BTre
         for entry in std::fs::read_dir(out).at(out)? {
             let name = entry.at(out)?.file_name();
             let name = name.to_string_lossy();
-            if !matches!(name.as_ref(), MANIFEST_FILE | SHARDS_DIR | "manifests") {
+            if ![MANIFEST_FILE, SHARDS_DIR, "manifests"].contains(&name.as_ref()) {
                 return Err(Error::flag(
                     "--out",
                     format!("{} holds `{name}`, which is not part of a taidcache cache; choose an empty or new directory", out.display()),
