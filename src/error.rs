@@ -73,6 +73,11 @@ pub enum Error {
         msg: String,
     },
 
+    /// The corpus files hold no document at all (every value null, empty or tokenized to
+    /// nothing); `files` lists them.
+    #[error("the corpus ({files}) holds no documents: {detail}")]
+    EmptyCorpus { files: String, detail: String },
+
     /// A tokenizer that cannot be loaded or used.
     #[error("{path}: {msg}", path = .path.display())]
     Tokenizer { path: PathBuf, msg: String },
@@ -129,7 +134,11 @@ impl Error {
         }
     }
 
-    pub fn corpus(path: impl AsRef<Path>, location: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn corpus(
+        path: impl AsRef<Path>,
+        location: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::Corpus {
             path: path.as_ref().to_path_buf(),
             location: location.into(),
