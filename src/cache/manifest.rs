@@ -1,0 +1,574 @@
+//! The manifest: what a cache was made from (its identity) and which shards it holds.
+//!
+//! JSON Schema: `schemas/v1/manifest.schema.json`. The identity fields decide whether a re-run may
+//! resume a cache and whether worker manifests may be merged ([`Manifest::identity_matches`]).
+//! Paths inside are relative to the cache directory and may not leave it.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{commit_tmp, tmp_path, FORMAT_VERSION, WORKER_MANIFESTS_DIR};
+use crate::error::{Error, IoContext, Result};
+
+/// The manifest of a cache (`CACHE/manifest.json`) or of one worker's share of it
+/// (`CACHE/manifests/worker-I-of-N.json`, with `worker` set).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// The taidcache version that wrote the manifest (informational).
+    pub taidcache_version: String,
+    pub teacher: TeacherInfo,
+    /// sha256 of the teacher's `tokenizer.json`.
+    pub tokenizer_sha256: String,
+    pub corpus: CorpusInfo,
+    pub packing: PackingInfo,
+    pub top_k: usize,
+    pub vocab_size: usize,
+    /// Forward dtype of the teacher: `f32`, `bf16` or `f16`.
+    pub dtype: String,
+    pub temperature: f32,
+    /// Encoding of `topk_logprobs`: `f16` in format v1.
+    pub value_encoding: String,
+    /// Set in a worker's partial manifest.
+    pub worker: Option<WorkerInfo>,
+    /// True once the whole corpus (for a worker: its share) is written.
+    pub complete: bool,
+    /// Number of packed sequences of the whole corpus, known once it has been fully packed.
+    pub total_sequences: Option<u64>,
+    /// Sorted by index.
+    pub shards: Vec<ShardEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherInfo {
+    pub model_type: String,
+    pub architecture: String,
+    pub vocab_size: usize,
+    /// sha256 of `config.json`.
+    pub config_sha256: String,
+    /// safetensors file name -> sha256 of its header (names, dtypes, shapes, offsets).
+    pub safetensors_header_sha256: BTreeMap<String, String>,
+    /// The model directory as given on the command line (informational, not identity).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusInfo {
+    pub files: Vec<CorpusFile>,
+    pub text_field: String,
+    pub text_split: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusFile {
+    /// As given on the command line (informational: workers may mount the corpus elsewhere).
+    pub path: String,
+    pub format: String,
+    pub bytes: u64,
+    /// xxh3-128 of the file contents, lower-case hex.
+    pub xxh3: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackingInfo {
+    pub seq_len: usize,
+    pub eos_id: u32,
+    pub pad_id: u32,
+    pub add_special_tokens: bool,
+    pub shard_rows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerInfo {
+    /// 0-based.
+    pub index: usize,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardEntry {
+    pub index: u64,
+    /// Relative to the cache directory, e.g. `shards/part-00003.parquet`.
+    pub path: String,
+    pub rows: u64,
+    /// rows × seq_len.
+    pub tokens: u64,
+    /// File size.
+    pub bytes: u64,
+    pub seq_id_start: u64,
+    /// Exclusive.
+    pub seq_id_end: u64,
+    /// xxh3-128 of the file, lower-case hex.
+    pub xxh3: String,
+}
+
+impl Manifest {
+    /// Load and check a manifest: the file exists, parses, has this build's format version and
+    /// only shard paths inside the cache directory.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::cache(path, "manifest not found"))
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let json_err = |source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Check the version before the shape, so a future format fails with the version, not
+        // with whatever field it renamed.
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
+        match value.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(Error::cache(
+                    path,
+                    format!(
+                        "cache format version {v}, this taidcache reads {FORMAT_VERSION} \
+                         (re-create the cache, or use a taidcache that reads version {v})"
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::field(
+                    path,
+                    "format_version",
+                    "missing or not an unsigned integer",
+                ))
+            }
+        }
+        let manifest: Manifest = serde_json::from_value(value).map_err(json_err)?;
+        manifest.check(path)?;
+        Ok(manifest)
+    }
+
+    /// Structural checks that serde cannot express.
+    fn check(&self, path: &Path) -> Result<()> {
+        for (i, shard) in self.shards.iter().enumerate() {
+            check_relative(&shard.path)
+                .map_err(|msg| Error::field(path, format!("shards[{i}].path"), msg))?;
+            if shard.seq_id_end < shard.seq_id_start
+                || shard.seq_id_end - shard.seq_id_start != shard.rows
+            {
+                return Err(Error::field(
+                    path,
+                    format!("shards[{i}]"),
+                    format!(
+                        "seq ids {}..{} do not hold its {} rows",
+                        shard.seq_id_start, shard.seq_id_end, shard.rows
+                    ),
+                ));
+            }
+            let tokens = shard.rows * self.packing.seq_len as u64;
+            if shard.tokens != tokens {
+                return Err(Error::field(
+                    path,
+                    format!("shards[{i}].tokens"),
+                    format!(
+                        "{}, but {} rows of seq_len {} are {tokens}",
+                        shard.tokens, shard.rows, self.packing.seq_len
+                    ),
+                ));
+            }
+            if i > 0 && self.shards[i - 1].index >= shard.index {
+                return Err(Error::field(
+                    path,
+                    format!("shards[{i}].index"),
+                    format!(
+                        "shards must be sorted by strictly increasing index, found {} after {}",
+                        shard.index,
+                        self.shards[i - 1].index
+                    ),
+                ));
+            }
+        }
+        if let Some(w) = self.worker {
+            if w.count == 0 || w.index >= w.count {
+                return Err(Error::field(
+                    path,
+                    "worker",
+                    format!("index {} is not in 0..{}", w.index, w.count),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `PATH.tmp`, fsync it, rename it over `path`, fsync the directory.
+    pub fn save_atomic(&self, path: &Path) -> Result<()> {
+        let tmp = tmp_path(path);
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        bytes.push(b'\n');
+        {
+            let mut file = std::fs::File::create(&tmp).at(&tmp)?;
+            file.write_all(&bytes).at(&tmp)?;
+            file.sync_all().at(&tmp)?;
+        }
+        commit_tmp(&tmp, path)
+    }
+
+    /// Whether `other` describes a cache of the same inputs, so that one may resume or merge
+    /// with the other: same teacher (model type, architecture, vocab, config and header hashes),
+    /// tokenizer, corpus files (format, size, xxh3; not their paths), text field/split, packing,
+    /// top-k, vocab, dtype, temperature, value encoding and format version. Informational fields
+    /// (`taidcache_version`, `teacher.source`, corpus paths) and progress may differ.
+    ///
+    /// The error names the first differing field with both values (`self`'s first).
+    pub fn identity_matches(&self, other: &Manifest) -> std::result::Result<(), String> {
+        match self.identity_diff(other) {
+            None => Ok(()),
+            Some(d) => Err(format!("{} differs: {} vs {}", d.field, d.ours, d.theirs)),
+        }
+    }
+
+    /// The first identity field that differs, with both values rendered as JSON-ish text.
+    pub(crate) fn identity_diff(&self, other: &Manifest) -> Option<IdentityDiff> {
+        fn same<T: PartialEq + std::fmt::Debug>(field: &str, a: &T, b: &T) -> Option<IdentityDiff> {
+            (a != b).then(|| IdentityDiff {
+                field: field.to_string(),
+                ours: format!("{a:?}"),
+                theirs: format!("{b:?}"),
+            })
+        }
+        let (t, u) = (&self.teacher, &other.teacher);
+        let (c, d) = (&self.corpus, &other.corpus);
+        let (p, q) = (&self.packing, &other.packing);
+        let files = || {
+            c.files
+                .iter()
+                .zip(&d.files)
+                .enumerate()
+                .find_map(|(i, (f, g))| {
+                    same(&format!("corpus.files[{i}].format"), &f.format, &g.format)
+                        .or_else(|| same(&format!("corpus.files[{i}].bytes"), &f.bytes, &g.bytes))
+                        .or_else(|| same(&format!("corpus.files[{i}].xxh3"), &f.xxh3, &g.xxh3))
+                })
+        };
+        same(
+            "format_version",
+            &self.format_version,
+            &other.format_version,
+        )
+        .or_else(|| same("teacher.model_type", &t.model_type, &u.model_type))
+        .or_else(|| same("teacher.architecture", &t.architecture, &u.architecture))
+        .or_else(|| same("teacher.vocab_size", &t.vocab_size, &u.vocab_size))
+        .or_else(|| same("teacher.config_sha256", &t.config_sha256, &u.config_sha256))
+        .or_else(|| {
+            same(
+                "teacher.safetensors_header_sha256",
+                &t.safetensors_header_sha256,
+                &u.safetensors_header_sha256,
+            )
+        })
+        .or_else(|| {
+            same(
+                "tokenizer_sha256",
+                &self.tokenizer_sha256,
+                &other.tokenizer_sha256,
+            )
+        })
+        .or_else(|| same("corpus.files (count)", &c.files.len(), &d.files.len()))
+        .or_else(files)
+        .or_else(|| same("corpus.text_field", &c.text_field, &d.text_field))
+        .or_else(|| same("corpus.text_split", &c.text_split, &d.text_split))
+        .or_else(|| same("packing.seq_len", &p.seq_len, &q.seq_len))
+        .or_else(|| same("packing.eos_id", &p.eos_id, &q.eos_id))
+        .or_else(|| same("packing.pad_id", &p.pad_id, &q.pad_id))
+        .or_else(|| {
+            same(
+                "packing.add_special_tokens",
+                &p.add_special_tokens,
+                &q.add_special_tokens,
+            )
+        })
+        .or_else(|| same("packing.shard_rows", &p.shard_rows, &q.shard_rows))
+        .or_else(|| same("top_k", &self.top_k, &other.top_k))
+        .or_else(|| same("vocab_size", &self.vocab_size, &other.vocab_size))
+        .or_else(|| same("dtype", &self.dtype, &other.dtype))
+        // Exact: the same flag value always parses to the same f32.
+        .or_else(|| {
+            (self.temperature.to_bits() != other.temperature.to_bits()).then(|| IdentityDiff {
+                field: "temperature".into(),
+                ours: self.temperature.to_string(),
+                theirs: other.temperature.to_string(),
+            })
+        })
+        .or_else(|| {
+            same(
+                "value_encoding",
+                &self.value_encoding,
+                &other.value_encoding,
+            )
+        })
+    }
+
+    /// Σ tokens over the shards.
+    pub fn total_tokens(&self) -> u64 {
+        self.shards.iter().map(|s| s.tokens).sum()
+    }
+
+    /// Σ bytes over the shards.
+    pub fn total_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Σ rows (sequences) over the shards.
+    pub fn total_rows(&self) -> u64 {
+        self.shards.iter().map(|s| s.rows).sum()
+    }
+}
+
+/// The first identity field two manifests disagree on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdentityDiff {
+    pub field: String,
+    pub ours: String,
+    pub theirs: String,
+}
+
+/// `CACHE/manifests/worker-00001-of-00003.json` (worker `index` is 0-based).
+pub fn worker_manifest_path(cache: &Path, index: usize, count: usize) -> PathBuf {
+    cache
+        .join(WORKER_MANIFESTS_DIR)
+        .join(format!("worker-{index:05}-of-{count:05}.json"))
+}
+
+/// Parse a worker manifest file name back into `(index, count)`.
+pub(crate) fn parse_worker_file_name(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("worker-")?.strip_suffix(".json")?;
+    let (index, count) = rest.split_once("-of-")?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(index) || !digits(count) {
+        return None;
+    }
+    Some((index.parse().ok()?, count.parse().ok()?))
+}
+
+/// A shard path must be relative and stay inside the cache directory.
+fn check_relative(path: &str) -> std::result::Result<(), String> {
+    fn refuse(path: &str, why: impl Display) -> std::result::Result<(), String> {
+        Err(format!(
+            "`{path}` {why}; shard paths are relative to the cache directory and may not leave it"
+        ))
+    }
+    if path.is_empty() {
+        return refuse(path, "is empty");
+    }
+    // Refuse both separators whatever the platform: a manifest moves between machines.
+    if path.starts_with('/') || path.starts_with('\\') || path.contains(':') {
+        return refuse(path, "is absolute");
+    }
+    for part in path.split(['/', '\\']) {
+        if part == ".." {
+            return refuse(path, "contains `..`");
+        }
+    }
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => return refuse(path, "is not a plain relative path"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::testutil::sample_manifest;
+
+    #[test]
+    fn manifest_json_round_trip_is_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut m = sample_manifest(3, 4);
+        m.worker = Some(WorkerInfo { index: 1, count: 3 });
+        m.temperature = 0.7;
+        m.save_atomic(&path).unwrap();
+        assert!(!tmp_path(&path).exists(), "manifest.json.tmp left behind");
+        let back = Manifest::load(&path).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.total_tokens(), 3 * 4 * 16);
+        assert_eq!(back.total_bytes(), 1000 + 1001 + 1002);
+        assert_eq!(back.total_rows(), 12);
+        back.identity_matches(&m).unwrap();
+    }
+
+    #[test]
+    fn manifest_refuses_shard_paths_outside_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        for bad in [
+            "../outside.parquet",
+            "shards/../../x.parquet",
+            "/etc/passwd",
+            "\\\\server\\share\\x.parquet",
+            "C:\\x.parquet",
+            "shards\\..\\..\\x.parquet",
+            "",
+        ] {
+            let mut m = sample_manifest(2, 4);
+            m.shards[1].path = bad.into();
+            m.save_atomic(&path).unwrap();
+            let err = Manifest::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("shards[1].path") && err.contains("may not leave"),
+                "path {bad:?}: {err}"
+            );
+        }
+        for good in [
+            "shards/part-00001.parquet",
+            "./shards/x.parquet",
+            "x.parquet",
+        ] {
+            assert_eq!(check_relative(good), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn manifest_with_other_format_version_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut value = serde_json::to_value(sample_manifest(1, 2)).unwrap();
+        value["format_version"] = 2.into();
+        // A future version may also change the shape; the version error must come first.
+        value["shards"] = serde_json::json!("renamed");
+        std::fs::write(&path, value.to_string()).unwrap();
+        let err = Manifest::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("cache format version 2, this taidcache reads 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn manifest_load_errors_name_missing_file_and_bad_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let err = Manifest::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("manifest.json") && err.contains("not found"),
+            "{err}"
+        );
+        std::fs::write(&path, "{\"format_version\": 1,").unwrap();
+        let err = Manifest::load(&path).unwrap_err();
+        assert!(matches!(err, Error::Json { .. }), "{err}");
+        let mut value = serde_json::to_value(sample_manifest(1, 2)).unwrap();
+        value["extra"] = 1.into();
+        std::fs::write(&path, value.to_string()).unwrap();
+        let err = Manifest::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `extra`"), "{err}");
+    }
+
+    #[test]
+    fn identity_mismatch_names_first_differing_field_with_both_values() {
+        let a = sample_manifest(2, 4);
+        let mut b = a.clone();
+        b.teacher.source = "elsewhere".into();
+        b.taidcache_version = "9.9.9".into();
+        b.corpus.files[0].path = "/mnt/data/train.jsonl".into();
+        b.shards.clear();
+        b.complete = false;
+        assert_eq!(a.identity_matches(&b), Ok(()), "informational fields only");
+        b.teacher
+            .safetensors_header_sha256
+            .insert("model.safetensors".into(), "d".repeat(64));
+        let err = a.identity_matches(&b).unwrap_err();
+        assert!(
+            err.starts_with("teacher.safetensors_header_sha256 differs")
+                && err.contains(&"a".repeat(64))
+                && err.contains(&"d".repeat(64)),
+            "{err}"
+        );
+        let mut c = a.clone();
+        c.temperature = 2.0;
+        assert_eq!(
+            a.identity_matches(&c),
+            Err("temperature differs: 1 vs 2".to_string())
+        );
+        let mut d = a.clone();
+        d.corpus.files[0].xxh3 = "f".repeat(32);
+        assert!(a
+            .identity_matches(&d)
+            .unwrap_err()
+            .starts_with("corpus.files[0].xxh3 differs"));
+    }
+
+    /// The JSON Schema lists exactly the fields serde writes, all required, at every level.
+    #[test]
+    fn manifest_json_schema_lists_exactly_the_serialized_fields() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/v1/manifest.schema.json")).unwrap();
+        let mut m = sample_manifest(1, 2);
+        m.worker = Some(WorkerInfo { index: 0, count: 1 });
+        let value = serde_json::to_value(&m).unwrap();
+        let defs = &schema["$defs"];
+        let objects = [
+            ("manifest", &schema, &value),
+            ("teacher", &defs["teacher"], &value["teacher"]),
+            ("corpus", &defs["corpus"], &value["corpus"]),
+            (
+                "corpus.files[]",
+                &defs["corpus"]["properties"]["files"]["items"],
+                &value["corpus"]["files"][0],
+            ),
+            ("packing", &defs["packing"], &value["packing"]),
+            ("worker", &defs["worker"], &value["worker"]),
+            ("shard", &defs["shard"], &value["shards"][0]),
+        ];
+        for (name, sch, val) in objects {
+            let keys = |v: &serde_json::Value| {
+                let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+                k.sort();
+                k
+            };
+            let mut required: Vec<String> = sch["required"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: no `required`"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            required.sort();
+            assert_eq!(
+                keys(&sch["properties"]),
+                keys(val),
+                "{name}: schema properties vs serde"
+            );
+            assert_eq!(required, keys(val), "{name}: schema `required` vs serde");
+            assert_eq!(sch["additionalProperties"], false, "{name}");
+        }
+        assert_eq!(
+            schema["properties"]["format_version"]["const"],
+            FORMAT_VERSION
+        );
+    }
+
+    #[test]
+    fn worker_manifest_paths_round_trip_through_their_names() {
+        let p = worker_manifest_path(Path::new("/c"), 1, 3);
+        assert_eq!(p, PathBuf::from("/c/manifests/worker-00001-of-00003.json"));
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_worker_file_name(name), Some((1, 3)));
+        assert_eq!(parse_worker_file_name("worker-1-of-.json"), None);
+        assert_eq!(
+            parse_worker_file_name("worker-00001-of-00003.json.tmp"),
+            None
+        );
+    }
+}

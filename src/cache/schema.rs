@@ -1,0 +1,263 @@
+//! The Arrow schema of a v1 shard, its JSON description, and the footer metadata keys.
+//!
+//! The contract is data in `schemas/v1/shard.schema.json`; a test proves [`arrow_schema`] and that
+//! file agree. Columns are non-nullable; list item fields are named `item` and nullable, because
+//! that is Arrow's default list field and what pyarrow prints as `list<item: uint32>` (no value
+//! is ever null: the writer never writes one and `verify` rejects one).
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde_json::{json, Value};
+
+/// `uint64`: index of the sequence in the packed corpus.
+pub const SEQ_ID: &str = "seq_id";
+/// `list<uint32>` of length S: the tokens.
+pub const INPUT_IDS: &str = "input_ids";
+/// `list<bool>` of length S: false on padding.
+pub const LOSS_MASK: &str = "loss_mask";
+/// `list<fixed_size_list<uint32>[k]>`: the teacher's k most likely next tokens per position.
+pub const TOPK_IDS: &str = "topk_ids";
+/// `list<fixed_size_list<float16>[k]>`: their normalized log-probabilities, descending.
+pub const TOPK_LOGPROBS: &str = "topk_logprobs";
+/// `list<float32>` of length S: log(1 − Σ top-k probs).
+pub const TAIL_LOGMASS: &str = "tail_logmass";
+
+/// The v1 columns in file order.
+pub const COLUMNS: [&str; 6] = [
+    SEQ_ID,
+    INPUT_IDS,
+    LOSS_MASK,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    TAIL_LOGMASS,
+];
+
+/// Footer key-value metadata (Parquet `key_value_metadata`), so one shard explains itself.
+pub const META_FORMAT_VERSION: &str = "taidcache.format_version";
+pub const META_TOP_K: &str = "taidcache.top_k";
+pub const META_VOCAB_SIZE: &str = "taidcache.vocab_size";
+pub const META_SEQ_LEN: &str = "taidcache.seq_len";
+pub const META_TEACHER_SHA256: &str = "taidcache.teacher_sha256";
+pub const META_TOKENIZER_SHA256: &str = "taidcache.tokenizer_sha256";
+
+/// The placeholder `schemas/v1/shard.schema.json` writes where [`schema_json`] writes k.
+pub const K_PLACEHOLDER: &str = "k";
+
+/// Name of the child field of every list in the schema.
+const ITEM: &str = "item";
+
+fn item(data_type: DataType) -> Arc<Field> {
+    Arc::new(Field::new(ITEM, data_type, true))
+}
+
+fn list_of(data_type: DataType) -> DataType {
+    DataType::List(item(data_type))
+}
+
+fn fixed_list_of(data_type: DataType, k: usize) -> DataType {
+    let k = i32::try_from(k).expect("top-k fits in i32");
+    DataType::FixedSizeList(item(data_type), k)
+}
+
+/// The exact v1 schema for top-k `k`.
+pub fn arrow_schema(k: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(SEQ_ID, DataType::UInt64, false),
+        Field::new(INPUT_IDS, list_of(DataType::UInt32), false),
+        Field::new(LOSS_MASK, list_of(DataType::Boolean), false),
+        Field::new(TOPK_IDS, list_of(fixed_list_of(DataType::UInt32, k)), false),
+        Field::new(
+            TOPK_LOGPROBS,
+            list_of(fixed_list_of(DataType::Float16, k)),
+            false,
+        ),
+        Field::new(TAIL_LOGMASS, list_of(DataType::Float32), false),
+    ]))
+}
+
+/// A stable JSON description of `schema`: `{"fields": [{"name", "type", "nullable"}]}` where a
+/// type is a name (`"uint64"`, `"float16"`, ...), `{"list": field}` or
+/// `{"fixed_size_list": field, "size": k}` with k as a number. Field metadata is not part of it.
+pub fn schema_json(schema: &Schema) -> Value {
+    json!({ "fields": schema.fields().iter().map(|f| field_json(f)).collect::<Vec<_>>() })
+}
+
+fn field_json(field: &Field) -> Value {
+    json!({
+        "name": field.name(),
+        "type": type_json(field.data_type()),
+        "nullable": field.is_nullable(),
+    })
+}
+
+fn type_json(data_type: &DataType) -> Value {
+    match data_type {
+        DataType::List(f) => json!({ "list": field_json(f) }),
+        DataType::FixedSizeList(f, n) => json!({ "fixed_size_list": field_json(f), "size": n }),
+        other => Value::String(type_name(other)),
+    }
+}
+
+fn type_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Boolean => "bool".into(),
+        DataType::UInt32 => "uint32".into(),
+        DataType::UInt64 => "uint64".into(),
+        DataType::Float16 => "float16".into(),
+        DataType::Float32 => "float32".into(),
+        other => format!("{other}").to_lowercase(),
+    }
+}
+
+/// `data_type` as pyarrow prints it (`list<item: fixed_size_list<item: halffloat>[7]>`), for
+/// error messages that a user can hold against `pyarrow.parquet.read_schema`.
+pub fn type_string(data_type: &DataType) -> String {
+    fn child(f: &Field) -> String {
+        let null = if f.is_nullable() { "" } else { " not null" };
+        format!("{}: {}{null}", f.name(), type_string(f.data_type()))
+    }
+    match data_type {
+        DataType::List(f) => format!("list<{}>", child(f)),
+        DataType::FixedSizeList(f, n) => format!("fixed_size_list<{}>[{n}]", child(f)),
+        DataType::Float16 => "halffloat".into(),
+        DataType::Float32 => "float".into(),
+        other => type_name(other),
+    }
+}
+
+/// Check that `found` is exactly the v1 schema for `k` (names, order, types, nullability;
+/// metadata is ignored). The error names the first differing column with both types.
+pub fn check_schema(found: &Schema, k: usize) -> std::result::Result<(), String> {
+    let expected = arrow_schema(k);
+    let names = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+    };
+    if names(found) != names(&expected) {
+        return Err(format!(
+            "columns are {:?}, format v1 has {:?}",
+            names(found),
+            names(&expected)
+        ));
+    }
+    for (e, f) in expected.fields().iter().zip(found.fields()) {
+        // Compare through the JSON description, which ignores field metadata.
+        if field_json(e) != field_json(f) {
+            let null = |f: &Field| if f.is_nullable() { "" } else { " not null" };
+            return Err(format!(
+                "column `{}` is {}{}, format v1 with k = {k} has {}{}",
+                e.name(),
+                type_string(f.data_type()),
+                null(f),
+                type_string(e.data_type()),
+                null(e)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The top-k of a schema whose `topk_ids` column is `list<fixed_size_list<_>[k]>`.
+pub fn top_k_of(schema: &Schema) -> Option<usize> {
+    let field = schema.field_with_name(TOPK_IDS).ok()?;
+    match field.data_type() {
+        DataType::List(inner) => match inner.data_type() {
+            DataType::FixedSizeList(_, k) => usize::try_from(*k).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARD_SCHEMA_FILE: &str = include_str!("../../schemas/v1/shard.schema.json");
+
+    /// Replace every `"size": "k"` of the template by the number k.
+    fn instantiate(template: &Value, k: usize) -> Value {
+        match template {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(key, v)| {
+                        let v = if key == "size" && v == K_PLACEHOLDER {
+                            json!(k)
+                        } else {
+                            instantiate(v, k)
+                        };
+                        (key.clone(), v)
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(|v| instantiate(v, k)).collect()),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn schema_file_equals_arrow_schema_for_k_7_and_50() {
+        let template: Value = serde_json::from_str(SHARD_SCHEMA_FILE).unwrap();
+        for k in [7usize, 50] {
+            let expected = instantiate(&template, k);
+            let found = schema_json(&arrow_schema(k));
+            assert_eq!(
+                found,
+                expected,
+                "k = {k}: schema_json(arrow_schema(k)) =\n{}\nschemas/v1/shard.schema.json gives\n{}",
+                serde_json::to_string_pretty(&found).unwrap(),
+                serde_json::to_string_pretty(&expected).unwrap()
+            );
+        }
+        assert!(
+            SHARD_SCHEMA_FILE.matches("\"size\": \"k\"").count() == 2,
+            "the template writes k as the placeholder twice (topk_ids, topk_logprobs)"
+        );
+    }
+
+    #[test]
+    fn type_strings_are_what_pyarrow_prints() {
+        let s = arrow_schema(7);
+        let found: Vec<String> = s
+            .fields()
+            .iter()
+            .map(|f| type_string(f.data_type()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "uint64",
+                "list<item: uint32>",
+                "list<item: bool>",
+                "list<item: fixed_size_list<item: uint32>[7]>",
+                "list<item: fixed_size_list<item: halffloat>[7]>",
+                "list<item: float>",
+            ]
+        );
+        assert_eq!(top_k_of(&s), Some(7));
+    }
+
+    #[test]
+    fn check_schema_names_the_differing_column() {
+        assert_eq!(check_schema(&arrow_schema(8), 8), Ok(()));
+        let err = check_schema(&arrow_schema(8), 16).unwrap_err();
+        assert!(
+            err.contains("`topk_ids`") && err.contains("[8]") && err.contains("[16]"),
+            "{err}"
+        );
+        let mut fields: Vec<Field> = arrow_schema(4)
+            .fields()
+            .iter()
+            .map(|f| (**f).clone())
+            .collect();
+        fields[5] = Field::new(TAIL_LOGMASS, list_of(DataType::Float16), false);
+        let err = check_schema(&Schema::new(fields), 4).unwrap_err();
+        assert!(
+            err.contains("`tail_logmass`") && err.contains("halffloat"),
+            "{err}"
+        );
+    }
+}

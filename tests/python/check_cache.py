@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Check a taidcache cache with plain pyarrow, independently of the Rust reader.
+
+    python3 tests/python/check_cache.py CACHE [--require-jsonschema]
+
+For every shard listed in CACHE/manifest.json: pyarrow reads it; each column has exactly the
+type string of format v1 (schemas/v1/README.md) and is non-nullable; every list has length
+seq_len and every fixed-size list length top_k; row counts, seq ids and footer metadata match
+the manifest. manifest.json is validated against schemas/v1/manifest.schema.json with the
+`jsonschema` package when it is installed (required with --require-jsonschema).
+
+Exit status 0 when all checks pass; otherwise the first failure is printed on stderr.
+"""
+
+import json
+import os
+import sys
+
+SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schemas", "v1")
+
+
+def expected_types(k):
+    return {
+        "seq_id": "uint64",
+        "input_ids": "list<item: uint32>",
+        "loss_mask": "list<item: bool>",
+        "topk_ids": f"list<item: fixed_size_list<item: uint32>[{k}]>",
+        "topk_logprobs": f"list<item: fixed_size_list<item: halffloat>[{k}]>",
+        "tail_logmass": "list<item: float>",
+    }
+
+
+def fail(msg):
+    print(f"check_cache: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def validate_manifest(manifest, require_jsonschema):
+    try:
+        import jsonschema
+    except ImportError:
+        if require_jsonschema:
+            fail("the `jsonschema` package is missing (pip install jsonschema)")
+        print("check_cache: jsonschema not installed, manifest schema not validated", file=sys.stderr)
+        return
+    with open(os.path.join(SCHEMAS, "manifest.schema.json")) as f:
+        schema = json.load(f)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=str)
+    if errors:
+        e = errors[0]
+        path = "/".join(str(p) for p in e.absolute_path)
+        fail(f"manifest.json does not match manifest.schema.json at `{path}`: {e.message}")
+
+
+def check_shard(cache, entry, manifest):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = os.path.join(cache, entry["path"])
+    k = manifest["top_k"]
+    s = manifest["packing"]["seq_len"]
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    want = expected_types(k)
+    names = [f.name for f in schema]
+    if names != list(want):
+        fail(f"{path}: columns {names}, expected {list(want)}")
+    for field in schema:
+        if str(field.type) != want[field.name]:
+            fail(f"{path}: column {field.name} is `{field.type}`, expected `{want[field.name]}`")
+        if field.nullable:
+            fail(f"{path}: column {field.name} is nullable, format v1 columns are not")
+
+    meta = {key.decode(): value.decode() for key, value in (pf.metadata.metadata or {}).items()}
+    for key, value in [
+        ("taidcache.format_version", str(manifest["format_version"])),
+        ("taidcache.top_k", str(k)),
+        ("taidcache.seq_len", str(s)),
+        ("taidcache.vocab_size", str(manifest["vocab_size"])),
+    ]:
+        if meta.get(key) != value:
+            fail(f"{path}: footer metadata {key} = {meta.get(key)!r}, manifest says {value!r}")
+
+    table = pq.read_table(path)
+    if table.num_rows != entry["rows"]:
+        fail(f"{path}: {table.num_rows} rows, manifest says {entry['rows']}")
+    seq_ids = table.column("seq_id").to_pylist()
+    if seq_ids != list(range(entry["seq_id_start"], entry["seq_id_end"])):
+        fail(f"{path}: seq ids {seq_ids[:3]}..., manifest says {entry['seq_id_start']}..{entry['seq_id_end']}")
+    for name in ["input_ids", "loss_mask", "topk_ids", "topk_logprobs", "tail_logmass"]:
+        col = table.column(name)
+        if col.null_count:
+            fail(f"{path}: column {name} has {col.null_count} nulls")
+        lengths = pc.list_value_length(col)
+        if pc.min(lengths).as_py() != s or pc.max(lengths).as_py() != s:
+            fail(f"{path}: column {name} has lists of length {pc.min(lengths)}..{pc.max(lengths)}, expected {s}")
+        if name.startswith("topk_"):
+            inner = pc.list_flatten(col)
+            if inner.type.list_size != k:
+                fail(f"{path}: column {name} holds {inner.type.list_size} values per position, expected {k}")
+            if len(inner) != entry["rows"] * s:
+                fail(f"{path}: column {name} has {len(inner)} positions, expected {entry['rows'] * s}")
+            values = pc.list_flatten(inner)
+            if len(values) != entry["rows"] * s * k or values.null_count:
+                fail(f"{path}: column {name} has {len(values)} values ({values.null_count} null), expected {entry['rows'] * s * k}")
+    return table.num_rows
+
+
+def main(argv):
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    require_jsonschema = "--require-jsonschema" in argv
+    if len(args) != 1:
+        fail(__doc__.strip().splitlines()[2].strip())
+    cache = args[0]
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        fail("the `pyarrow` package is missing (pip install pyarrow)")
+    with open(os.path.join(cache, "manifest.json")) as f:
+        manifest = json.load(f)
+    validate_manifest(manifest, require_jsonschema)
+    rows = 0
+    for entry in manifest["shards"]:
+        rows += check_shard(cache, entry, manifest)
+    if manifest["total_sequences"] is not None and manifest["complete"] and rows != manifest["total_sequences"]:
+        fail(f"shards hold {rows} sequences, manifest says total_sequences = {manifest['total_sequences']}")
+    print(f"ok: {len(manifest['shards'])} shards, {rows} sequences read by pyarrow {pyarrow_version()}")
+
+
+def pyarrow_version():
+    import pyarrow
+
+    return pyarrow.__version__
+
+
+if __name__ == "__main__":
+    main(sys.argv)
