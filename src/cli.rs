@@ -130,10 +130,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Inspect(a) => {
             let summary = crate::inspect::inspect(&a.cache)?;
-            crate::inspect::write_summary(&summary, a.json, out)?;
+            crate::inspect::write_summary(&summary, a.json, &mut &mut *out)?;
         }
         Command::Verify(a) => {
-            crate::inspect::verify(&a.cache, out)?;
+            crate::inspect::verify(&a.cache, &mut &mut *out)?;
         }
     }
     Ok(())

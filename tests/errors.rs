@@ -18,11 +18,12 @@ fn precompute_fails(teacher: &Path, corpus: &Path, out: &Path, extra: &[&str]) -
         corpus.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--seq-len",
-        "16",
-        "--top-k",
-        "4",
     ];
+    for (flag, value) in [("--seq-len", "16"), ("--top-k", "4")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     let o = taidcache(&args);
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -64,7 +65,7 @@ fn teacher_problems_name_the_file_or_tensor() {
         &["missing tensor", "model.layers.2."],
     );
 
-    std::fs::write(&cfg, original.replace("\"vocab_size\": 160", "\"vocab_size\": 100")).unwrap();
+    std::fs::write(&cfg, original.replace("\"vocab_size\": 320", "\"vocab_size\": 200")).unwrap();
     let e = precompute_fails(&fx.teacher, &fx.corpus, &out, &[]);
     expect(&e, &["model.embed_tokens.weight", "shape"]);
 
@@ -82,11 +83,11 @@ fn teacher_problems_name_the_file_or_tensor() {
 
 #[test]
 fn tokenizer_larger_than_the_model_vocab_is_refused() {
-    let mut spec = taidcache::testing::TinySpec::new(Architecture::Qwen2, 160);
-    spec.vocab_size = 100; // the test tokenizer has 150 tokens
+    let mut spec = taidcache::testing::TinySpec::new(Architecture::Qwen2, 320);
+    spec.vocab_size = 200; // the test tokenizer has about 300 tokens
     let fx = Fixture::with_spec(spec, 10);
     let e = precompute_fails(&fx.teacher, &fx.corpus, &fx.path("out"), &[]);
-    expect(&e, &["tokenizer.json", "vocab_size 100"]);
+    expect(&e, &["tokenizer.json", "vocab_size 200"]);
 }
 
 #[test]
@@ -116,8 +117,8 @@ fn bad_flags_are_named() {
     let out = fx.path("out");
     expect(&precompute_fails(&fx.teacher, &fx.corpus, &out, &["--top-k", "0"]), &["--top-k"]);
     expect(
-        &precompute_fails(&fx.teacher, &fx.corpus, &out, &["--top-k", "161"]),
-        &["--top-k", "vocab_size 160"],
+        &precompute_fails(&fx.teacher, &fx.corpus, &out, &["--top-k", "321"]),
+        &["--top-k", "vocab_size 320"],
     );
     expect(&precompute_fails(&fx.teacher, &fx.corpus, &out, &["--dtype", "f8"]), &["--dtype"]);
     expect(&precompute_fails(&fx.teacher, &fx.corpus, &out, &["--device", "cuda:0"]), &["--device", "cuda"]);
@@ -147,7 +148,7 @@ fn output_directory_of_a_different_teacher_is_refused() {
     ]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let other = fx.path("other-teacher");
-    let mut spec = taidcache::testing::TinySpec::new(Architecture::Llama, 160);
+    let mut spec = taidcache::testing::TinySpec::new(Architecture::Llama, 320);
     spec.seed = 99;
     let tok = taidcache::corpus::load_tokenizer(&fx.teacher.join("tokenizer.json")).unwrap();
     taidcache::testing::write_tiny_model(&other, &spec, Some(&tok)).unwrap();

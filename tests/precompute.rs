@@ -100,7 +100,7 @@ fn verify_and_inspect_accept_a_fresh_cache() {
 
 #[test]
 fn rerun_after_sigkill_yields_the_rows_of_an_uninterrupted_run() {
-    let mut spec = taidcache::testing::TinySpec::new(taidcache::model::Architecture::Llama, 160);
+    let mut spec = taidcache::testing::TinySpec::new(taidcache::model::Architecture::Llama, 320);
     spec.hidden_size = 128;
     spec.intermediate_size = 256;
     spec.layers = 4;

@@ -172,6 +172,17 @@ pub fn top_k_of(schema: &Schema) -> Option<usize> {
     }
 }
 
+/// Footer key-value metadata of a shard of the cache `m` describes, beyond the keys the writer
+/// sets itself (format version, k, seq_len): vocabulary size and the teacher and tokenizer
+/// identities, so one shard explains itself in pyarrow.
+pub fn footer_metadata(m: &super::manifest::Manifest) -> Vec<(String, String)> {
+    vec![
+        (META_VOCAB_SIZE.to_string(), m.vocab_size.to_string()),
+        (META_TEACHER_SHA256.to_string(), m.teacher.config_sha256.clone()),
+        (META_TOKENIZER_SHA256.to_string(), m.tokenizer_sha256.clone()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -91,6 +91,27 @@ impl ShardBatch {
     }
 
     /// Drop the rows, keep the capacity.
+    /// Append every row of `other` (same `seq_len` and `k`).
+    pub fn extend_from(&mut self, other: &ShardBatch) {
+        self.seq_ids.extend_from_slice(&other.seq_ids);
+        self.input_ids.extend_from_slice(&other.input_ids);
+        self.loss_mask.extend_from_slice(&other.loss_mask);
+        self.topk_ids.extend_from_slice(&other.topk_ids);
+        self.topk_logprobs.extend_from_slice(&other.topk_logprobs);
+        self.tail_logmass.extend_from_slice(&other.tail_logmass);
+    }
+
+    /// Drop the first `n` rows.
+    pub fn drain_front(&mut self, n: usize) {
+        let (s, k) = (self.seq_len, self.k);
+        self.seq_ids.drain(..n);
+        self.input_ids.drain(..n * s);
+        self.loss_mask.drain(..n * s);
+        self.topk_ids.drain(..n * s * k);
+        self.topk_logprobs.drain(..n * s * k);
+        self.tail_logmass.drain(..n * s);
+    }
+
     pub fn clear(&mut self) {
         self.seq_ids.clear();
         self.input_ids.clear();
@@ -255,73 +276,155 @@ pub fn write_shard_atomic(
     batch: &ShardBatch,
     opts: &WriteOptions,
 ) -> Result<ShardEntry> {
-    let bad = |msg: String| Error::cache(final_path, format!("cannot write shard: {msg}"));
-    batch.check_lengths().map_err(bad)?;
-    if batch.rows() == 0 || batch.seq_len == 0 || batch.k == 0 {
-        return Err(bad(format!(
-            "empty batch ({} rows, seq_len {}, k {})",
-            batch.rows(),
-            batch.seq_len,
-            batch.k
-        )));
+    let mut w = ShardWriter::create(final_path, batch.seq_len, batch.k, opts)?;
+    match w.write(batch) {
+        Ok(()) => w.finish(),
+        Err(e) => {
+            w.abandon();
+            Err(e)
+        }
     }
-    let first = batch.seq_ids[0];
-    if let Some(r) = (0..batch.rows()).find(|&r| batch.seq_ids[r] != first + r as u64) {
-        return Err(bad(format!(
-            "seq ids must be consecutive: row {r} has {}, expected {}",
-            batch.seq_ids[r],
-            first + r as u64
-        )));
+}
+
+/// Streams rows into one shard, row group by row group, so a shard never has to fit in memory.
+///
+/// The file exists only as `<final>.tmp` until [`ShardWriter::finish`] makes it durable and
+/// renames it; dropping an unfinished writer leaves just the `.tmp`, which the next run replaces.
+///
+/// # Memory usage
+///
+/// At most one row group of pending rows (`row_group_rows × seq_len × (6k + 9)` bytes) plus the
+/// Parquet writer's encoded pages of the row group being written.
+pub struct ShardWriter {
+    final_path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<HashingWrite<File>>,
+    pending: ShardBatch,
+    rg_rows: usize,
+    first: Option<u64>,
+    rows: u64,
+}
+
+impl ShardWriter {
+    /// Start `<final_path>.tmp` for rows of `seq_len` tokens and `k` log-probs each.
+    pub fn create(final_path: &Path, seq_len: usize, k: usize, opts: &WriteOptions) -> Result<Self> {
+        let bad = |msg: String| Error::cache(final_path, format!("cannot write shard: {msg}"));
+        if seq_len == 0 || k == 0 {
+            return Err(bad(format!("seq_len {seq_len} and k {k} must be positive")));
+        }
+        let schema = arrow_schema(k);
+        let props = writer_properties(&schema, seq_len, k, opts).map_err(bad)?;
+        let rg_rows = match opts.row_group_rows {
+            0 => default_row_group_rows(seq_len, k),
+            n => n,
+        };
+        let tmp = tmp_path(final_path);
+        let file = File::create(&tmp).at(&tmp)?;
+        let hashing = HashingWrite {
+            inner: file,
+            hasher: Xxh3::new(),
+            bytes: 0,
+        };
+        let writer =
+            ArrowWriter::try_new(hashing, schema, Some(props)).map_err(|e| Error::parquet(&tmp, e))?;
+        Ok(Self {
+            final_path: final_path.to_path_buf(),
+            tmp,
+            writer,
+            pending: ShardBatch::with_capacity(seq_len, k, rg_rows),
+            rg_rows,
+            first: None,
+            rows: 0,
+        })
     }
 
-    let schema = arrow_schema(batch.k);
-    let props = writer_properties(&schema, batch, opts).map_err(bad)?;
-    let rg_rows = match opts.row_group_rows {
-        0 => default_row_group_rows(batch.seq_len, batch.k),
-        n => n,
-    };
+    /// Append rows; their `seq_ids` must continue the shard's consecutively.
+    pub fn write(&mut self, batch: &ShardBatch) -> Result<()> {
+        let bad = |msg: String| Error::cache(&self.final_path, format!("cannot write shard: {msg}"));
+        batch.check_lengths().map_err(bad)?;
+        if (batch.seq_len, batch.k) != (self.pending.seq_len, self.pending.k) {
+            return Err(bad(format!(
+                "rows of seq_len {} and k {} in a shard of seq_len {} and k {}",
+                batch.seq_len, batch.k, self.pending.seq_len, self.pending.k
+            )));
+        }
+        let first = *self.first.get_or_insert(batch.seq_ids.first().copied().unwrap_or(0));
+        for (r, &id) in batch.seq_ids.iter().enumerate() {
+            let want = first + self.rows + r as u64;
+            if id != want {
+                return Err(bad(format!(
+                    "seq ids must be consecutive: row {} has {id}, expected {want}",
+                    self.rows + r as u64
+                )));
+            }
+        }
+        self.rows += batch.rows() as u64;
+        self.pending.extend_from(batch);
+        while self.pending.rows() >= self.rg_rows {
+            self.flush_rows(self.rg_rows)?;
+        }
+        Ok(())
+    }
 
-    let tmp = tmp_path(final_path);
-    let file = File::create(&tmp).at(&tmp)?;
-    let hashing = HashingWrite {
-        inner: file,
-        hasher: Xxh3::new(),
-        bytes: 0,
-    };
-    let pq = |e: parquet::errors::ParquetError| Error::parquet(&tmp, e);
-    let mut writer = ArrowWriter::try_new(hashing, schema, Some(props)).map_err(pq)?;
-    let mut start = 0;
-    while start < batch.rows() {
-        let end = (start + rg_rows).min(batch.rows());
-        writer
-            .write(&batch.to_record_batch(start..end)?)
+    /// Write the first `n` pending rows as one row group and drop them from the buffer.
+    fn flush_rows(&mut self, n: usize) -> Result<()> {
+        let tmp = &self.tmp;
+        let pq = |e: parquet::errors::ParquetError| Error::parquet(tmp, e);
+        self.writer
+            .write(&self.pending.to_record_batch(0..n)?)
             .map_err(pq)?;
         // One write call per row group: flush closes it whatever the writer's own limits.
-        writer.flush().map_err(pq)?;
-        start = end;
+        self.writer.flush().map_err(pq)?;
+        self.pending.drain_front(n);
+        Ok(())
     }
-    let mut hashing = writer.into_inner().map_err(pq)?;
-    hashing.inner.flush().at(&tmp)?;
-    hashing.inner.sync_all().at(&tmp)?;
-    let HashingWrite {
-        inner,
-        hasher,
-        bytes,
-    } = hashing;
-    drop(inner);
-    commit_tmp(&tmp, final_path)?;
 
-    let rows = batch.rows() as u64;
-    Ok(ShardEntry {
-        index: 0,
-        path: String::new(),
-        rows,
-        tokens: rows * batch.seq_len as u64,
-        bytes,
-        seq_id_start: first,
-        seq_id_end: first + rows,
-        xxh3: format!("{:032x}", hasher.digest128()),
-    })
+    /// Give up on this shard: close and delete the `.tmp`.
+    pub fn abandon(self) {
+        let tmp = self.tmp.clone();
+        drop(self);
+        let _ = std::fs::remove_file(tmp);
+    }
+
+    /// Write what is pending, fsync, and rename to the final name (then fsync the directory).
+    pub fn finish(mut self) -> Result<ShardEntry> {
+        if self.rows == 0 {
+            return Err(Error::cache(&self.final_path, "cannot write shard: no rows"));
+        }
+        if self.pending.rows() > 0 {
+            self.flush_rows(self.pending.rows())?;
+        }
+        let Self {
+            final_path,
+            tmp,
+            writer,
+            pending,
+            first,
+            rows,
+            ..
+        } = self;
+        let mut hashing = writer.into_inner().map_err(|e| Error::parquet(&tmp, e))?;
+        hashing.inner.flush().at(&tmp)?;
+        hashing.inner.sync_all().at(&tmp)?;
+        let HashingWrite {
+            inner,
+            hasher,
+            bytes,
+        } = hashing;
+        drop(inner);
+        commit_tmp(&tmp, &final_path)?;
+        let first = first.unwrap_or(0);
+        Ok(ShardEntry {
+            index: 0,
+            path: String::new(),
+            rows,
+            tokens: rows * pending.seq_len as u64,
+            bytes,
+            seq_id_start: first,
+            seq_id_end: first + rows,
+            xxh3: format!("{:032x}", hasher.digest128()),
+        })
+    }
 }
 
 /// The Parquet properties of a v1 shard. Measured on synthetic Zipf-distributed ids (k = 50,
@@ -339,15 +442,16 @@ pub fn write_shard_atomic(
 /// - Statistics only on `seq_id` (the one column worth filtering on).
 fn writer_properties(
     schema: &Schema,
-    batch: &ShardBatch,
+    seq_len: usize,
+    k: usize,
     opts: &WriteOptions,
 ) -> std::result::Result<WriterProperties, String> {
     let level = ZstdLevel::try_new(opts.zstd_level)
         .map_err(|e| format!("zstd level {}: {e}", opts.zstd_level))?;
     let own = [
         (schema::META_FORMAT_VERSION, FORMAT_VERSION.to_string()),
-        (schema::META_TOP_K, batch.k.to_string()),
-        (schema::META_SEQ_LEN, batch.seq_len.to_string()),
+        (schema::META_TOP_K, k.to_string()),
+        (schema::META_SEQ_LEN, seq_len.to_string()),
     ];
     let mut kv: Vec<KeyValue> = own
         .iter()

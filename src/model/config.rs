@@ -454,12 +454,12 @@ mod tests {
     fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
         let mut v = base();
         v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8});
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
         let cfg = ModelConfig::from_value(&v, Path::new("c")).unwrap();
         let scaled = cfg.rope_inv_freq();
         v["rope_scaling"] = Value::Null;
         let plain = ModelConfig::from_value(&v, Path::new("c")).unwrap().rope_inv_freq();
-        assert_eq!(scaled[0], plain[0], "highest frequency (wavelength 2π < 2) is kept");
+        assert_eq!(scaled[0], plain[0], "highest frequency (wavelength 2π < 8192/4) is kept");
         let last = plain.len() - 1;
         assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12, "lowest frequency divided by factor");
     }

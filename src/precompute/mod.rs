@@ -29,7 +29,9 @@ use crate::cache::manifest::{
     worker_manifest_path, CorpusFile, CorpusInfo, Manifest, PackingInfo, ShardEntry, TeacherInfo, WorkerInfo,
 };
 use crate::cache::writer::{default_row_group_rows, ShardBatch, ShardWriter, WriteOptions};
-use crate::cache::{schema, shard_file_name, FORMAT_VERSION, MANIFEST_FILE, SHARDS_DIR};
+use crate::cache::{
+    schema, shard_file_name, shard_rel_path, FORMAT_VERSION, MANIFEST_FILE, SHARDS_DIR, VALUE_ENCODING_F16, WORKER_MANIFESTS_DIR,
+};
 use crate::corpus::{self, CorpusOptions, DocumentReader, PackedSequence, SequenceStream, TextSplit};
 use crate::error::{CandleContext, Error, IoContext, Result};
 use crate::hash::sha256_file;
@@ -49,8 +51,6 @@ pub mod defaults {
 
 /// Logits are materialized for at most this many bytes at once (`[rows, vocab]` f32).
 const LOGITS_CHUNK_BYTES: usize = 128 << 20;
-/// Value encoding of `topk_logprobs` in format v1.
-pub const VALUE_ENCODING: &str = "f16";
 
 /// Everything `taidcache precompute` needs; the CLI and `--config` files fill it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -279,7 +279,7 @@ fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         vocab_size: cfg.vocab_size,
         dtype: opts.dtype.clone(),
         temperature: 1.0,
-        value_encoding: VALUE_ENCODING.to_string(),
+        value_encoding: VALUE_ENCODING_F16.to_string(),
         worker: (opts.workers > 1).then_some(WorkerInfo {
             index: opts.worker,
             count: opts.workers,
@@ -317,7 +317,7 @@ fn prepare_out(opts: &PrecomputeOptions, fresh: &Manifest) -> Result<Option<BTre
         for entry in std::fs::read_dir(out).at(out)? {
             let name = entry.at(out)?.file_name();
             let name = name.to_string_lossy();
-            if ![MANIFEST_FILE, SHARDS_DIR, "manifests"].contains(&name.as_ref()) {
+            if ![MANIFEST_FILE, SHARDS_DIR, WORKER_MANIFESTS_DIR].contains(&name.as_ref()) {
                 return Err(Error::flag(
                     "--out",
                     format!("{} holds `{name}`, which is not part of a taidcache cache; choose an empty or new directory", out.display()),
@@ -328,7 +328,7 @@ fn prepare_out(opts: &PrecomputeOptions, fresh: &Manifest) -> Result<Option<BTre
     let shards_dir = out.join(SHARDS_DIR);
     std::fs::create_dir_all(&shards_dir).at(&shards_dir)?;
     if opts.workers > 1 {
-        let dir = out.join("manifests");
+        let dir = out.join(WORKER_MANIFESTS_DIR);
         std::fs::create_dir_all(&dir).at(&dir)?;
     }
     // A merged or single-process manifest must describe the same cache, whoever we are.
@@ -712,7 +712,7 @@ fn write_shards(
                 debug_assert_eq!(s, shard);
                 let mut entry = w.finish()?;
                 entry.index = shard;
-                entry.path = format!("{SHARDS_DIR}/{}", shard_file_name(shard));
+                entry.path = shard_rel_path(shard);
                 manifest.shards.retain(|e| e.index != shard);
                 manifest.shards.push(entry);
                 manifest.shards.sort_by_key(|e| e.index);

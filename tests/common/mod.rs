@@ -62,14 +62,14 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(arch: Architecture, docs: usize) -> Self {
-        Self::with_spec(TinySpec::new(arch, 160), docs)
+        Self::with_spec(TinySpec::new(arch, 320), docs)
     }
 
     pub fn with_spec(spec: TinySpec, docs: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let texts = corpus_texts(docs, 11);
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let tok = train_test_tokenizer(&refs, 150);
+        let tok = train_test_tokenizer(&refs, 300);
         let eos = taidcache::corpus::find_eos(&tok).expect("test tokenizer has an EOS token");
         let teacher = dir.path().join("teacher");
         let spec = TinySpec {
