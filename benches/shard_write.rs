@@ -3,7 +3,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::slice::HalfFloatSliceExt;
-use taidcache::cache::writer::{default_row_group_rows, write_shard_atomic, ShardBatch, WriteOptions};
+use taidcache::cache::writer::{
+    default_row_group_rows, write_shard_atomic, ShardBatch, WriteOptions,
+};
 use taidcache::precompute::topk::topk_rows;
 use taidcache::testing::llm_like_logits;
 
@@ -37,7 +39,8 @@ fn batch() -> ShardBatch {
     b.topk_logprobs.convert_from_f32_slice(&lp);
     for r in 0..ROWS {
         b.seq_ids.push(r as u64);
-        b.input_ids.extend((0..SEQ_LEN).map(|i| ((i * 7919 + r) % VOCAB) as u32));
+        b.input_ids
+            .extend((0..SEQ_LEN).map(|i| ((i * 7919 + r) % VOCAB) as u32));
         b.loss_mask.extend(std::iter::repeat_n(true, SEQ_LEN));
     }
     b

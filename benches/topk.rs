@@ -15,18 +15,23 @@ fn bench(c: &mut Criterion) {
     for vocab in [32_000usize, 151_936] {
         let logits = llm_like_logits(ROWS, vocab, 1);
         group.throughput(Throughput::Elements(ROWS as u64));
-        let (mut ids, mut lp, mut tail) = (vec![0u32; ROWS * K], vec![0f32; ROWS * K], vec![0f32; ROWS]);
+        let (mut ids, mut lp, mut tail) =
+            (vec![0u32; ROWS * K], vec![0f32; ROWS * K], vec![0f32; ROWS]);
         group.bench_with_input(BenchmarkId::new("select", vocab), &logits, |b, logits| {
             b.iter(|| topk_rows(logits, vocab, K, &mut ids, &mut lp, &mut tail).unwrap())
         });
-        group.bench_with_input(BenchmarkId::new("full_sort", vocab), &logits, |b, logits| {
-            b.iter(|| {
-                logits
-                    .par_chunks(vocab)
-                    .map(|row| topk_row_by_sort(row, K))
-                    .collect::<Vec<_>>()
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("full_sort", vocab),
+            &logits,
+            |b, logits| {
+                b.iter(|| {
+                    logits
+                        .par_chunks(vocab)
+                        .map(|row| topk_row_by_sort(row, K))
+                        .collect::<Vec<_>>()
+                })
+            },
+        );
     }
     group.finish();
 }

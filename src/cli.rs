@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a teacher over a corpus once and cache its top-k next-token log-probabilities.
-    Precompute(PrecomputeArgs),
+    Precompute(Box<PrecomputeArgs>),
     /// Combine the manifests of `--workers N` precompute runs into CACHE/manifest.json.
     Merge(CacheArg),
     /// Summarize a cache: teacher, sizes, compression, entropy, tail mass.
@@ -163,10 +163,15 @@ mod tests {
             ("shard-rows", d::SHARD_ROWS.to_string()),
             ("zstd-level", d::ZSTD_LEVEL.to_string()),
         ] {
-            let at = help.find(&format!("--{flag}")).unwrap_or_else(|| panic!("--{flag} missing"));
+            let at = help
+                .find(&format!("--{flag}"))
+                .unwrap_or_else(|| panic!("--{flag} missing"));
             let rest = &help[at..];
             let para = &rest[..rest.find("\n\n").unwrap_or(rest.len())];
-            assert!(para.contains(&format!("[default: {value}]")), "--{flag}: {para}");
+            assert!(
+                para.contains(&format!("[default: {value}]")),
+                "--{flag}: {para}"
+            );
         }
         Cli::command().debug_assert();
     }

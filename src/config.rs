@@ -25,14 +25,21 @@ use crate::error::{Error, IoContext, Result};
 pub fn read_section(path: &Path, section: &str) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).at(path)?;
     let doc: toml::Table = toml::from_str(&text).map_err(|e| {
-        Error::field(path, "(toml)", e.message().to_string() + &location(&text, e.span()))
+        Error::field(
+            path,
+            "(toml)",
+            e.message().to_string() + &location(&text, e.span()),
+        )
     })?;
     for key in doc.keys() {
         if !KNOWN_SECTIONS.contains(&key.as_str()) {
             return Err(Error::field(
                 path,
                 key,
-                format!("unknown section (expected one of: {})", KNOWN_SECTIONS.join(", ")),
+                format!(
+                    "unknown section (expected one of: {})",
+                    KNOWN_SECTIONS.join(", ")
+                ),
             ));
         }
     }
@@ -42,7 +49,11 @@ pub fn read_section(path: &Path, section: &str) -> Result<Map<String, Value>> {
             Ok(Value::Object(m)) => Ok(m),
             _ => Err(Error::field(path, section, "could not be read as a table")),
         },
-        Some(_) => Err(Error::field(path, section, "expected a table `[{section}]`")),
+        Some(_) => Err(Error::field(
+            path,
+            section,
+            "expected a table `[{section}]`",
+        )),
     }
 }
 
@@ -87,10 +98,15 @@ pub fn resolve<T: DeserializeOwned>(
     for key in required {
         if !merged.contains_key(*key) {
             let hint = match &section {
-                Some((path, name, _)) => format!(" or as `{key}` in [{name}] of {}", path.display()),
+                Some((path, name, _)) => {
+                    format!(" or as `{key}` in [{name}] of {}", path.display())
+                }
                 None => String::new(),
             };
-            return Err(Error::flag(format!("--{}", key.replace('_', "-")), format!("is required (give it on the command line{hint})")));
+            return Err(Error::flag(
+                format!("--{}", key.replace('_', "-")),
+                format!("is required (give it on the command line{hint})"),
+            ));
         }
     }
     serde_json::from_value(Value::Object(merged)).map_err(|e| match &section {
@@ -116,9 +132,17 @@ mod tests {
         .unwrap();
         let defaults = PrecomputeOptions::new("", vec![], "");
         let cli = json!({"seq_len": 32, "batch_size": null});
-        let o: PrecomputeOptions =
-            resolve(&defaults, Some((&path, "precompute")), &cli, &["teacher", "corpus", "out"]).unwrap();
-        assert_eq!((o.top_k, o.seq_len, o.batch_size), (7, 32, defaults.batch_size));
+        let o: PrecomputeOptions = resolve(
+            &defaults,
+            Some((&path, "precompute")),
+            &cli,
+            &["teacher", "corpus", "out"],
+        )
+        .unwrap();
+        assert_eq!(
+            (o.top_k, o.seq_len, o.batch_size),
+            (7, 32, defaults.batch_size)
+        );
         assert_eq!(o.teacher, Path::new("t"));
     }
 

@@ -108,18 +108,30 @@ impl Normal {
 
 /// Write `spec` as a Hugging Face directory: `config.json`, `model.safetensors` (f32) and, if
 /// given, `tokenizer.json`.
-pub fn write_tiny_model(dir: &Path, spec: &TinySpec, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<()> {
+pub fn write_tiny_model(
+    dir: &Path,
+    spec: &TinySpec,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
     let cfg_json = spec.config_json();
     let cfg_path = dir.join(CONFIG_FILE);
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg_json).unwrap_or_default()).at(&cfg_path)?;
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&cfg_json).unwrap_or_default(),
+    )
+    .at(&cfg_path)?;
     let cfg = ModelConfig::from_value(&cfg_json, &cfg_path)?;
     let mut rng = Normal::new(spec.seed);
     let mut tensors = HashMap::new();
     for (name, shape) in expected_tensors(&cfg) {
         let n: usize = shape.iter().product();
         let is_norm = name.ends_with("norm.weight");
-        let scale = if shape.len() == 2 { 1.0 / (shape[1] as f32).sqrt() } else { 0.1 };
+        let scale = if shape.len() == 2 {
+            1.0 / (shape[1] as f32).sqrt()
+        } else {
+            0.1
+        };
         let data: Vec<f32> = (0..n)
             .map(|_| {
                 let x = rng.sample();
@@ -132,15 +144,20 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec, tokenizer: Option<&tokenize
                 }
             })
             .collect();
-        tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu).ctx("fixture tensor")?);
+        tensors.insert(
+            name,
+            Tensor::from_vec(data, shape, &Device::Cpu).ctx("fixture tensor")?,
+        );
     }
-    candle_core::safetensors::save(&tensors, dir.join(SINGLE_FILE)).ctx("writing fixture safetensors")?;
+    candle_core::safetensors::save(&tensors, dir.join(SINGLE_FILE))
+        .ctx("writing fixture safetensors")?;
     if let Some(tok) = tokenizer {
         let path = dir.join(TOKENIZER_FILE);
-        tok.save(&path, false).map_err(|e| crate::Error::Tokenizer {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
+        tok.save(&path, false)
+            .map_err(|e| crate::Error::Tokenizer {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
     }
     Ok(())
 }

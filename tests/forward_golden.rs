@@ -13,11 +13,14 @@ struct Golden {
 }
 
 fn golden_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/forward").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/forward")
+        .join(name)
 }
 
 fn load_golden(dir: &Path) -> Golden {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     Golden {
         input_ids: serde_json::from_value(v["input_ids"].clone()).unwrap(),
         logits: serde_json::from_value(v["logits"].clone()).unwrap(),
@@ -28,16 +31,27 @@ fn load_golden(dir: &Path) -> Golden {
 /// Largest |ours − golden| over every logit of the batch.
 fn max_error(dir: &Path, mode: Mode) -> f32 {
     let g = load_golden(dir);
-    let model = ModelDir::open(dir).unwrap().load(DType::F32, &Device::Cpu).unwrap();
+    let model = ModelDir::open(dir)
+        .unwrap()
+        .load(DType::F32, &Device::Cpu)
+        .unwrap();
     let (b, t) = (g.input_ids.len(), g.input_ids[0].len());
     let ids: Vec<u32> = g.input_ids.concat();
     let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap();
     let ours: Vec<Vec<Vec<f32>>> = model.forward(&ids, mode).unwrap().to_vec3().unwrap();
     let mut worst = 0f32;
-    for (x, y) in ours.iter().flatten().flatten().zip(g.logits.iter().flatten().flatten()) {
+    for (x, y) in ours
+        .iter()
+        .flatten()
+        .flatten()
+        .zip(g.logits.iter().flatten().flatten())
+    {
         worst = worst.max((x - y).abs());
     }
-    assert_eq!(ours.iter().flatten().flatten().count(), g.logits.iter().flatten().flatten().count());
+    assert_eq!(
+        ours.iter().flatten().flatten().count(),
+        g.logits.iter().flatten().flatten().count()
+    );
     worst
 }
 
@@ -85,7 +99,8 @@ fn llama_config_in_transformers_4_layout_gives_the_same_logits() {
         std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
     }
     let cfg_path = dir.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     let o = cfg.as_object_mut().unwrap();
     let mut rope = o.remove("rope_parameters").unwrap();
     let theta = rope.as_object_mut().unwrap().remove("rope_theta").unwrap();

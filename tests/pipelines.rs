@@ -17,7 +17,9 @@ fn every_pipeline_config_resolves() {
         };
         let section = taidcache::config::read_section(&path, "precompute").unwrap();
         if !section.is_empty() {
-            let opts = args.resolve().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let opts = args
+                .resolve()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(opts.top_k >= 1 && opts.seq_len >= 1, "{}", path.display());
         }
         seen += 1;

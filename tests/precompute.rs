@@ -33,11 +33,17 @@ fn cached_topk_equals_dense_log_softmax_of_the_same_forward() {
         let fx = Fixture::new(arch, 30);
         let opts = options(&fx, "cache");
         let summary = precompute::run(&opts, &mut Vec::new()).unwrap();
-        assert!(summary.sequences_written >= 3, "{arch:?}: corpus too small: {summary:?}");
+        assert!(
+            summary.sequences_written >= 3,
+            "{arch:?}: corpus too small: {summary:?}"
+        );
         let rows = read_rows(&opts.out);
         assert_eq!(rows.len() as u64, summary.sequences_written);
 
-        let teacher = ModelDir::open(&fx.teacher).unwrap().load(DType::F32, &Device::Cpu).unwrap();
+        let teacher = ModelDir::open(&fx.teacher)
+            .unwrap()
+            .load(DType::F32, &Device::Cpu)
+            .unwrap();
         let (s, k) = (opts.seq_len, opts.top_k);
         let (mut worst_lp, mut worst_tail) = (0f32, 0f64);
         for row in &rows {
@@ -50,17 +56,28 @@ fn cached_topk_equals_dense_log_softmax_of_the_same_forward() {
                 order.sort_by(|&a, &b| dense[b].total_cmp(&dense[a]).then(a.cmp(&b)));
                 let got_ids = &row.topk_ids[p * k..(p + 1) * k];
                 let want: Vec<u32> = order[..k].iter().map(|&i| i as u32).collect();
-                assert_eq!(got_ids, &want[..], "{arch:?} seq {} pos {p}: ids", row.seq_ids[0]);
+                assert_eq!(
+                    got_ids,
+                    &want[..],
+                    "{arch:?} seq {} pos {p}: ids",
+                    row.seq_ids[0]
+                );
                 for j in 0..k {
                     let got = row.topk_logprobs[p * k + j].to_f32();
                     let want = dense[order[j]];
                     let err = (got - want).abs();
-                    assert!(err <= f16_tol(want), "{arch:?} pos {p} rank {j}: {got} vs {want}");
+                    assert!(
+                        err <= f16_tol(want),
+                        "{arch:?} pos {p} rank {j}: {got} vs {want}"
+                    );
                     worst_lp = worst_lp.max(err);
                 }
                 let tail: f64 = order[k..].iter().map(|&i| (dense[i] as f64).exp()).sum();
                 let rel = (row.tail_logmass[p] as f64).exp() / tail - 1.0;
-                assert!(rel.abs() < 1e-5, "{arch:?} pos {p}: tail mass relative error {rel}");
+                assert!(
+                    rel.abs() < 1e-5,
+                    "{arch:?} pos {p}: tail mass relative error {rel}"
+                );
                 worst_tail = worst_tail.max(rel.abs());
             }
         }
@@ -74,7 +91,11 @@ fn pyarrow_reads_every_shard_with_the_documented_schema() {
     let opts = options(&fx, "cache");
     precompute::run(&opts, &mut Vec::new()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
-    let out = std::process::Command::new("python3").arg(&script).arg(&opts.out).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&opts.out)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "check_cache.py failed:\n{}\n{}",
@@ -148,15 +169,25 @@ fn rerun_after_sigkill_yields_the_rows_of_an_uninterrupted_run() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "precompute published no shard in time");
+        assert!(
+            Instant::now() < deadline,
+            "precompute published no shard in time"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let m = Manifest::load(&manifest).unwrap();
-    assert!(!m.complete, "the run finished before it was killed; the test needs a longer corpus");
+    assert!(
+        !m.complete,
+        "the run finished before it was killed; the test needs a longer corpus"
+    );
     let total_shards = reference.len().div_ceil(2);
-    assert!(m.shards.len() < total_shards, "{} of {total_shards} shards done", m.shards.len());
+    assert!(
+        m.shards.len() < total_shards,
+        "{} of {total_shards} shards done",
+        m.shards.len()
+    );
     // Every listed shard is whole; every file under a final name reads completely.
     for s in &m.shards {
         let bytes = std::fs::read(out.join(&s.path)).unwrap();
@@ -165,14 +196,26 @@ fn rerun_after_sigkill_yields_the_rows_of_an_uninterrupted_run() {
     for entry in std::fs::read_dir(out.join("shards")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "parquet") {
-            assert_eq!(read_shard_rows(&path).len(), 2, "{} is under a final name but not whole", path.display());
+            assert_eq!(
+                read_shard_rows(&path).len(),
+                2,
+                "{} is under a final name but not whole",
+                path.display()
+            );
         }
     }
 
     let rerun = taidcache(&args(&out).iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
     let stdout = String::from_utf8_lossy(&rerun.stdout);
-    assert!(stdout.contains(&format!("resumed {} shards", m.shards.len())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("resumed {} shards", m.shards.len())),
+        "{stdout}"
+    );
     assert_same_rows(&read_rows(&out), &reference);
     let leftovers: Vec<_> = std::fs::read_dir(out.join("shards"))
         .unwrap()
@@ -201,8 +244,25 @@ fn three_worker_processes_and_merge_equal_one_process() {
             let i = i.to_string();
             std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
                 .args([
-                    "precompute", "--teacher", &teacher, "--corpus", &corpus, "--out", &outs, "--top-k", "8",
-                    "--seq-len", "24", "--batch-size", "3", "--shard-rows", "4", "--worker", &i, "--workers", "3",
+                    "precompute",
+                    "--teacher",
+                    &teacher,
+                    "--corpus",
+                    &corpus,
+                    "--out",
+                    &outs,
+                    "--top-k",
+                    "8",
+                    "--seq-len",
+                    "24",
+                    "--batch-size",
+                    "3",
+                    "--shard-rows",
+                    "4",
+                    "--worker",
+                    &i,
+                    "--workers",
+                    "3",
                 ])
                 .output_async()
         })
@@ -212,8 +272,16 @@ fn three_worker_processes_and_merge_equal_one_process() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let merge = taidcache(&["merge", &outs]);
-    assert!(merge.status.success(), "{}", String::from_utf8_lossy(&merge.stderr));
-    assert!(single.len() >= 9, "want shards for every worker, got {} rows", single.len());
+    assert!(
+        merge.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merge.stderr)
+    );
+    assert!(
+        single.len() >= 9,
+        "want shards for every worker, got {} rows",
+        single.len()
+    );
     assert_same_rows(&read_rows(&out), &single);
     let m = Manifest::load(&out.join("manifest.json")).unwrap();
     assert!(m.complete && m.worker.is_none());
@@ -254,5 +322,8 @@ fn bf16_forward_picks_nearly_the_same_top_ids() {
         }
     }
     let agree = same as f64 / total as f64;
-    assert!(agree > 0.9, "bf16 top-1 agrees with f32 on only {agree:.3} of positions");
+    assert!(
+        agree > 0.9,
+        "bf16 top-1 agrees with f32 on only {agree:.3} of positions"
+    );
 }

@@ -178,8 +178,14 @@ pub fn top_k_of(schema: &Schema) -> Option<usize> {
 pub fn footer_metadata(m: &super::manifest::Manifest) -> Vec<(String, String)> {
     vec![
         (META_VOCAB_SIZE.to_string(), m.vocab_size.to_string()),
-        (META_TEACHER_SHA256.to_string(), m.teacher.config_sha256.clone()),
-        (META_TOKENIZER_SHA256.to_string(), m.tokenizer_sha256.clone()),
+        (
+            META_TEACHER_SHA256.to_string(),
+            m.teacher.config_sha256.clone(),
+        ),
+        (
+            META_TOKENIZER_SHA256.to_string(),
+            m.tokenizer_sha256.clone(),
+        ),
     ]
 }
 

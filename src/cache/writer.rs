@@ -307,7 +307,12 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     /// Start `<final_path>.tmp` for rows of `seq_len` tokens and `k` log-probs each.
-    pub fn create(final_path: &Path, seq_len: usize, k: usize, opts: &WriteOptions) -> Result<Self> {
+    pub fn create(
+        final_path: &Path,
+        seq_len: usize,
+        k: usize,
+        opts: &WriteOptions,
+    ) -> Result<Self> {
         let bad = |msg: String| Error::cache(final_path, format!("cannot write shard: {msg}"));
         if seq_len == 0 || k == 0 {
             return Err(bad(format!("seq_len {seq_len} and k {k} must be positive")));
@@ -325,8 +330,8 @@ impl ShardWriter {
             hasher: Xxh3::new(),
             bytes: 0,
         };
-        let writer =
-            ArrowWriter::try_new(hashing, schema, Some(props)).map_err(|e| Error::parquet(&tmp, e))?;
+        let writer = ArrowWriter::try_new(hashing, schema, Some(props))
+            .map_err(|e| Error::parquet(&tmp, e))?;
         Ok(Self {
             final_path: final_path.to_path_buf(),
             tmp,
@@ -340,7 +345,8 @@ impl ShardWriter {
 
     /// Append rows; their `seq_ids` must continue the shard's consecutively.
     pub fn write(&mut self, batch: &ShardBatch) -> Result<()> {
-        let bad = |msg: String| Error::cache(&self.final_path, format!("cannot write shard: {msg}"));
+        let bad =
+            |msg: String| Error::cache(&self.final_path, format!("cannot write shard: {msg}"));
         batch.check_lengths().map_err(bad)?;
         if (batch.seq_len, batch.k) != (self.pending.seq_len, self.pending.k) {
             return Err(bad(format!(
@@ -348,7 +354,9 @@ impl ShardWriter {
                 batch.seq_len, batch.k, self.pending.seq_len, self.pending.k
             )));
         }
-        let first = *self.first.get_or_insert(batch.seq_ids.first().copied().unwrap_or(0));
+        let first = *self
+            .first
+            .get_or_insert(batch.seq_ids.first().copied().unwrap_or(0));
         for (r, &id) in batch.seq_ids.iter().enumerate() {
             let want = first + self.rows + r as u64;
             if id != want {
@@ -389,7 +397,10 @@ impl ShardWriter {
     /// Write what is pending, fsync, and rename to the final name (then fsync the directory).
     pub fn finish(mut self) -> Result<ShardEntry> {
         if self.rows == 0 {
-            return Err(Error::cache(&self.final_path, "cannot write shard: no rows"));
+            return Err(Error::cache(
+                &self.final_path,
+                "cannot write shard: no rows",
+            ));
         }
         if self.pending.rows() > 0 {
             self.flush_rows(self.pending.rows())?;

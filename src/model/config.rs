@@ -51,7 +51,9 @@ impl Architecture {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.x frequency-dependent scaling.
     Llama3 {
         factor: f64,
@@ -125,7 +127,9 @@ impl ModelConfig {
         let intermediate_size = f.usize("intermediate_size")?;
         let num_hidden_layers = f.usize("num_hidden_layers")?;
         let num_attention_heads = f.usize("num_attention_heads")?;
-        let num_key_value_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         for (name, v) in [
             ("vocab_size", vocab_size),
             ("hidden_size", hidden_size),
@@ -161,7 +165,11 @@ impl ModelConfig {
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(Error::field(path, "head_dim", format!("must be even and positive, found {head_dim}")));
+            return Err(Error::field(
+                path,
+                "head_dim",
+                format!("must be even and positive, found {head_dim}"),
+            ));
         }
         if let Some(factor) = f.opt_f64("partial_rotary_factor")? {
             if factor != 1.0 {
@@ -174,7 +182,11 @@ impl ModelConfig {
         }
         let act = f.opt_string("hidden_act")?.unwrap_or_else(|| "silu".into());
         if act != "silu" {
-            return Err(Error::field(path, "hidden_act", format!("`{act}` is not supported (only silu)")));
+            return Err(Error::field(
+                path,
+                "hidden_act",
+                format!("`{act}` is not supported (only silu)"),
+            ));
         }
 
         // transformers 5.x: `rope_parameters` holds theta and the scaling; 4.x: top-level
@@ -197,7 +209,13 @@ impl ModelConfig {
         let scaling = match obj.get("rope_scaling") {
             Some(Value::Object(m)) => Some(("rope_scaling", m)),
             Some(Value::Null) | None => rope_params.map(|p| ("rope_parameters", p)),
-            Some(_) => return Err(Error::field(path, "rope_scaling", "expected an object or null")),
+            Some(_) => {
+                return Err(Error::field(
+                    path,
+                    "rope_scaling",
+                    "expected an object or null",
+                ))
+            }
         };
         let rope_scaling = match scaling {
             None => RopeScaling::None,
@@ -212,7 +230,8 @@ impl ModelConfig {
             Architecture::Llama | Architecture::Qwen3 => (attention_bias, attention_bias),
             Architecture::Mistral | Architecture::Phi3 => (false, false),
         };
-        let mlp_bias = architecture == Architecture::Llama && f.opt_bool("mlp_bias")?.unwrap_or(false);
+        let mlp_bias =
+            architecture == Architecture::Llama && f.opt_bool("mlp_bias")?.unwrap_or(false);
 
         let sliding_window = sliding_windows(&f, architecture, num_hidden_layers)?;
         let bos_token_id = f.opt_ids("bos_token_id")?.and_then(|v| v.first().copied());
@@ -270,7 +289,8 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             freq / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * freq / factor + smooth * freq
                         }
                     })
@@ -285,15 +305,25 @@ impl ModelConfig {
 
 fn parse_rope_scaling(key: &str, m: &Map<String, Value>, path: &Path) -> Result<RopeScaling> {
     let f = Fields { obj: m, path };
-    let kind = f.opt_string("rope_type")?.or(f.opt_string("type")?).unwrap_or_else(|| "default".into());
+    let kind = f
+        .opt_string("rope_type")?
+        .or(f.opt_string("type")?)
+        .unwrap_or_else(|| "default".into());
     let field = |name: &str| format!("{key}.{name}");
     let get = |name: &str| -> Result<f64> {
-        f.opt_f64(name)?
-            .ok_or_else(|| Error::field(path, field(name), format!("required for rope_type `{kind}`")))
+        f.opt_f64(name)?.ok_or_else(|| {
+            Error::field(
+                path,
+                field(name),
+                format!("required for rope_type `{kind}`"),
+            )
+        })
     };
     Ok(match kind.as_str() {
         "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: get("factor")? },
+        "linear" => RopeScaling::Linear {
+            factor: get("factor")?,
+        },
         "llama3" => RopeScaling::Llama3 {
             factor: get("factor")?,
             low_freq_factor: get("low_freq_factor")?,
@@ -324,10 +354,14 @@ fn sliding_windows(f: &Fields, arch: Architecture, layers: usize) -> Result<Vec<
             .iter()
             .map(|t| match t.as_str() {
                 Some("full_attention") => Ok(None),
-                Some("sliding_attention") => window
-                    .map(Some)
-                    .ok_or_else(|| Error::field(f.path, "sliding_window", "required by layer_types")),
-                _ => Err(Error::field(f.path, "layer_types", format!("unknown layer type {t}"))),
+                Some("sliding_attention") => window.map(Some).ok_or_else(|| {
+                    Error::field(f.path, "sliding_window", "required by layer_types")
+                }),
+                _ => Err(Error::field(
+                    f.path,
+                    "layer_types",
+                    format!("unknown layer type {t}"),
+                )),
             })
             .collect();
     }
@@ -336,7 +370,9 @@ fn sliding_windows(f: &Fields, arch: Architecture, layers: usize) -> Result<Vec<
         Architecture::Qwen2 | Architecture::Qwen3 => {
             if f.opt_bool("use_sliding_window")?.unwrap_or(false) {
                 let from = f.opt_usize("max_window_layers")?.unwrap_or(layers);
-                (0..layers).map(|i| if i >= from { window } else { None }).collect()
+                (0..layers)
+                    .map(|i| if i >= from { window } else { None })
+                    .collect()
             } else {
                 vec![None; layers]
             }
@@ -365,7 +401,11 @@ impl Fields<'_> {
         match self.present(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(Error::field(self.path, name, format!("expected a string, found {v}"))),
+            Some(v) => Err(Error::field(
+                self.path,
+                name,
+                format!("expected a string, found {v}"),
+            )),
         }
     }
 
@@ -377,20 +417,22 @@ impl Fields<'_> {
     fn opt_usize(&self, name: &str) -> Result<Option<usize>> {
         match self.present(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| Error::field(self.path, name, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                Error::field(
+                    self.path,
+                    name,
+                    format!("expected a non-negative integer, found {v}"),
+                )
+            }),
         }
     }
 
     fn opt_f64(&self, name: &str) -> Result<Option<f64>> {
         match self.present(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| Error::field(self.path, name, format!("expected a number, found {v}"))),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                Error::field(self.path, name, format!("expected a number, found {v}"))
+            }),
         }
     }
 
@@ -398,13 +440,23 @@ impl Fields<'_> {
         match self.present(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(Error::field(self.path, name, format!("expected true or false, found {v}"))),
+            Some(v) => Err(Error::field(
+                self.path,
+                name,
+                format!("expected true or false, found {v}"),
+            )),
         }
     }
 
     /// A token id written as a number or a list of numbers.
     fn opt_ids(&self, name: &str) -> Result<Option<Vec<u32>>> {
-        let bad = |v: &Value| Error::field(self.path, name, format!("expected a token id or a list of ids, found {v}"));
+        let bad = |v: &Value| {
+            Error::field(
+                self.path,
+                name,
+                format!("expected a token id or a list of ids, found {v}"),
+            )
+        };
         match self.present(name) {
             None => Ok(None),
             Some(Value::Array(items)) => items
@@ -412,7 +464,10 @@ impl Fields<'_> {
                 .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| bad(v)))
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => v.as_u64().map(|n| Some(vec![n as u32])).ok_or_else(|| bad(v)),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(vec![n as u32]))
+                .ok_or_else(|| bad(v)),
         }
     }
 }
@@ -438,7 +493,10 @@ mod tests {
         o.remove("rope_theta");
         o.remove("torch_dtype");
         o.insert("dtype".into(), json!("bfloat16"));
-        o.insert("rope_parameters".into(), json!({"rope_theta": 500000.0, "rope_type": "default"}));
+        o.insert(
+            "rope_parameters".into(),
+            json!({"rope_theta": 500000.0, "rope_type": "default"}),
+        );
         let a = ModelConfig::from_value(&v4, Path::new("a")).unwrap();
         let b = ModelConfig::from_value(&v5, Path::new("b")).unwrap();
         assert_eq!(a.rope_theta, 500000.0);
@@ -458,25 +516,42 @@ mod tests {
         let cfg = ModelConfig::from_value(&v, Path::new("c")).unwrap();
         let scaled = cfg.rope_inv_freq();
         v["rope_scaling"] = Value::Null;
-        let plain = ModelConfig::from_value(&v, Path::new("c")).unwrap().rope_inv_freq();
-        assert_eq!(scaled[0], plain[0], "highest frequency (wavelength 2π < 8192/4) is kept");
+        let plain = ModelConfig::from_value(&v, Path::new("c"))
+            .unwrap()
+            .rope_inv_freq();
+        assert_eq!(
+            scaled[0], plain[0],
+            "highest frequency (wavelength 2π < 8192/4) is kept"
+        );
         let last = plain.len() - 1;
-        assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12, "lowest frequency divided by factor");
+        assert!(
+            (scaled[last] - plain[last] / 8.0).abs() < 1e-12,
+            "lowest frequency divided by factor"
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         let mut v = base();
         v["model_type"] = json!("gpt2");
-        let e = ModelConfig::from_value(&v, Path::new("m/config.json")).unwrap_err().to_string();
-        assert!(e.contains("gpt2") && e.contains("m/config.json") && e.contains("llama"), "{e}");
+        let e = ModelConfig::from_value(&v, Path::new("m/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gpt2") && e.contains("m/config.json") && e.contains("llama"),
+            "{e}"
+        );
         let mut v = base();
         v.as_object_mut().unwrap().remove("hidden_size");
-        let e = ModelConfig::from_value(&v, Path::new("m/config.json")).unwrap_err().to_string();
+        let e = ModelConfig::from_value(&v, Path::new("m/config.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hidden_size") && e.contains("missing"), "{e}");
         let mut v = base();
         v["num_key_value_heads"] = json!(3);
-        let e = ModelConfig::from_value(&v, Path::new("m/config.json")).unwrap_err().to_string();
+        let e = ModelConfig::from_value(&v, Path::new("m/config.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_key_value_heads"), "{e}");
     }
 }

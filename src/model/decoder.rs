@@ -75,8 +75,16 @@ impl Attention {
         };
         let (q_norm, k_norm) = if cfg.architecture == Architecture::Qwen3 {
             (
-                Some(candle_nn::rms_norm(cfg.head_dim, cfg.rms_norm_eps, vb.pp("q_norm"))?),
-                Some(candle_nn::rms_norm(cfg.head_dim, cfg.rms_norm_eps, vb.pp("k_norm"))?),
+                Some(candle_nn::rms_norm(
+                    cfg.head_dim,
+                    cfg.rms_norm_eps,
+                    vb.pp("q_norm"),
+                )?),
+                Some(candle_nn::rms_norm(
+                    cfg.head_dim,
+                    cfg.rms_norm_eps,
+                    vb.pp("k_norm"),
+                )?),
             )
         } else {
             (None, None)
@@ -129,7 +137,10 @@ impl Attention {
             Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
         }
         .to_dtype(dtype)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
         self.o.forward(&out)
     }
 }
@@ -138,7 +149,15 @@ impl Attention {
 fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> CResult<Tensor> {
     let w = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i && i - j < w { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if j <= i && i - j < w {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, t), device)
 }
@@ -242,7 +261,11 @@ impl Decoder {
                 Ok(Layer {
                     input_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
                     attn: Attention::new(cfg, cfg.sliding_window[i], l.pp("self_attn"))?,
-                    post_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("post_attention_layernorm"))?,
+                    post_norm: candle_nn::rms_norm(
+                        h,
+                        cfg.rms_norm_eps,
+                        l.pp("post_attention_layernorm"),
+                    )?,
                     mlp: Mlp::new(cfg, l.pp("mlp"))?,
                 })
             })
@@ -284,7 +307,9 @@ impl Decoder {
         let mut x = self.embed.forward(ids)?;
         for layer in &self.layers {
             let residual = &x;
-            let a = layer.attn.forward(&norm(&layer.input_norm, &x, mode)?, &rope, mode)?;
+            let a = layer
+                .attn
+                .forward(&norm(&layer.input_norm, &x, mode)?, &rope, mode)?;
             let x1 = (residual + a)?;
             let m = layer.mlp.forward(&norm(&layer.post_norm, &x1, mode)?)?;
             x = (x1 + m)?;

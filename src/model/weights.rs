@@ -20,28 +20,36 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
         let text = std::fs::read_to_string(&index).at(&index)?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: index.clone(),
-            source,
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: index.clone(),
+                source,
+            })?;
         let map = value
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::field(&index, "weight_map", "missing or not an object"))?;
         let mut files = BTreeSet::new();
         for (name, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| Error::field(&index, format!("weight_map.{name}"), "expected a file name"))?;
+            let file = file.as_str().ok_or_else(|| {
+                Error::field(&index, format!("weight_map.{name}"), "expected a file name")
+            })?;
             if file.contains("..") || Path::new(file).is_absolute() {
-                return Err(Error::field(&index, format!("weight_map.{name}"), format!("`{file}` leaves the model directory")));
+                return Err(Error::field(
+                    &index,
+                    format!("weight_map.{name}"),
+                    format!("`{file}` leaves the model directory"),
+                ));
             }
             files.insert(file.to_string());
         }
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         for f in &files {
             if !f.exists() {
-                return Err(Error::cache(f, format!("listed in {INDEX_FILE} but missing")));
+                return Err(Error::cache(
+                    f,
+                    format!("listed in {INDEX_FILE} but missing"),
+                ));
             }
         }
         return Ok(files);
@@ -50,7 +58,11 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin"] {
+    for pickle in [
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "model.bin",
+    ] {
         let p = dir.join(pickle);
         if p.exists() {
             return Err(Error::PickleCheckpoint { path: p });
@@ -65,21 +77,29 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
+/// Tensor name → shape.
+pub type Shapes = BTreeMap<String, Vec<usize>>;
+
 /// The JSON header of a safetensors file: `(raw header bytes, tensor name -> shape)`.
-pub fn read_header(path: &Path) -> Result<(Vec<u8>, BTreeMap<String, Vec<usize>>)> {
+pub fn read_header(path: &Path) -> Result<(Vec<u8>, Shapes)> {
     let corrupt = |msg: String| Error::cache(path, format!("not a safetensors file: {msg}"));
     let mut file = std::fs::File::open(path).at(path)?;
     let file_len = file.metadata().at(path)?.len();
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|e| corrupt(e.to_string()))?;
+    file.read_exact(&mut len)
+        .map_err(|e| corrupt(e.to_string()))?;
     let n = u64::from_le_bytes(len);
     if n > file_len.saturating_sub(8) || n > 100 << 20 {
         return Err(corrupt(format!("header length {n} exceeds the file")));
     }
     let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
-    let obj = value.as_object().ok_or_else(|| corrupt("header is not an object".into()))?;
+    file.read_exact(&mut header)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| corrupt("header is not an object".into()))?;
     let mut shapes = BTreeMap::new();
     for (name, info) in obj {
         if name == "__metadata__" {
@@ -88,7 +108,11 @@ pub fn read_header(path: &Path) -> Result<(Vec<u8>, BTreeMap<String, Vec<usize>>
         let shape = info
             .get("shape")
             .and_then(|s| s.as_array())
-            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+            .and_then(|s| {
+                s.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
             .ok_or_else(|| corrupt(format!("tensor `{name}` has no valid shape")))?;
         shapes.insert(name.clone(), shape);
     }
@@ -102,7 +126,10 @@ pub fn header_hashes(files: &[PathBuf]) -> Result<BTreeMap<String, String>> {
         .iter()
         .map(|f| {
             let (header, _) = read_header(f)?;
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             Ok((name, sha256_hex(&header)))
         })
         .collect()

@@ -26,13 +26,17 @@ use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::manifest::{
-    worker_manifest_path, CorpusFile, CorpusInfo, Manifest, PackingInfo, ShardEntry, TeacherInfo, WorkerInfo,
+    worker_manifest_path, CorpusFile, CorpusInfo, Manifest, PackingInfo, ShardEntry, TeacherInfo,
+    WorkerInfo,
 };
 use crate::cache::writer::{default_row_group_rows, ShardBatch, ShardWriter, WriteOptions};
 use crate::cache::{
-    schema, shard_file_name, shard_rel_path, FORMAT_VERSION, MANIFEST_FILE, SHARDS_DIR, VALUE_ENCODING_F16, WORKER_MANIFESTS_DIR,
+    schema, shard_file_name, shard_rel_path, FORMAT_VERSION, MANIFEST_FILE, SHARDS_DIR,
+    VALUE_ENCODING_F16, WORKER_MANIFESTS_DIR,
 };
-use crate::corpus::{self, CorpusOptions, DocumentReader, PackedSequence, SequenceStream, TextSplit};
+use crate::corpus::{
+    self, CorpusOptions, DocumentReader, PackedSequence, SequenceStream, TextSplit,
+};
 use crate::error::{CandleContext, Error, IoContext, Result};
 use crate::hash::sha256_file;
 use crate::model::{weights, Decoder, Mode, ModelDir};
@@ -124,11 +128,17 @@ impl PrecomputeOptions {
         if self.worker >= self.workers {
             return Err(Error::flag(
                 "--worker",
-                format!("{} is out of range for --workers {} (workers count from 0)", self.worker, self.workers),
+                format!(
+                    "{} is out of range for --workers {} (workers count from 0)",
+                    self.worker, self.workers
+                ),
             ));
         }
         if !(1..=22).contains(&self.zstd_level) {
-            return Err(Error::flag("--zstd-level", format!("{} is not in 1..=22", self.zstd_level)));
+            return Err(Error::flag(
+                "--zstd-level",
+                format!("{} is not in 1..=22", self.zstd_level),
+            ));
         }
         if self.corpus.is_empty() {
             return Err(Error::flag("--corpus", "name at least one corpus file"));
@@ -161,7 +171,10 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
-        other => Err(Error::flag("--dtype", format!("`{other}` is not one of f32, bf16, f16"))),
+        other => Err(Error::flag(
+            "--dtype",
+            format!("`{other}` is not one of f32, bf16, f16"),
+        )),
     }
 }
 
@@ -176,7 +189,12 @@ pub fn parse_device(s: &str) -> Result<Device> {
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
             .ok_or_else(|| Error::flag("--device", format!("`{s}` is not `cpu` or `cuda:N`")))?,
-        None => return Err(Error::flag("--device", format!("`{s}` is not `cpu` or `cuda:N`"))),
+        None => {
+            return Err(Error::flag(
+                "--device",
+                format!("`{s}` is not `cpu` or `cuda:N`"),
+            ))
+        }
     };
     if !candle_core::utils::cuda_is_available() {
         return Err(Error::flag(
@@ -184,7 +202,8 @@ pub fn parse_device(s: &str) -> Result<Device> {
             format!("`{s}` asks for CUDA, but this taidcache was built without the `cuda` feature (rebuild with `--features cuda`)"),
         ));
     }
-    Device::new_cuda(ordinal).map_err(|e| Error::flag("--device", format!("`{s}`: no usable CUDA device ({e})")))
+    Device::new_cuda(ordinal)
+        .map_err(|e| Error::flag("--device", format!("`{s}`: no usable CUDA device ({e})")))
 }
 
 /// The identity part of a manifest for these options: everything but shards and completion.
@@ -202,7 +221,10 @@ fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
     if opts.top_k > cfg.vocab_size {
         return Err(Error::flag(
             "--top-k",
-            format!("{} exceeds the teacher's vocab_size {}", opts.top_k, cfg.vocab_size),
+            format!(
+                "{} exceeds the teacher's vocab_size {}",
+                opts.top_k, cfg.vocab_size
+            ),
         ));
     }
     if opts.seq_len > cfg.max_position_embeddings {
@@ -239,7 +261,10 @@ fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         })?,
     };
     let corpus_files = corpus::describe_files(&opts.corpus)?;
-    let files = corpus_files.iter().map(|f| PathBuf::from(&f.path)).collect();
+    let files = corpus_files
+        .iter()
+        .map(|f| PathBuf::from(&f.path))
+        .collect();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         taidcache_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -308,11 +333,17 @@ fn own_manifest_path(opts: &PrecomputeOptions) -> PathBuf {
 
 /// Check the output directory and pick up what an earlier run finished.
 /// Returns the shards already complete, by index.
-fn prepare_out(opts: &PrecomputeOptions, fresh: &Manifest) -> Result<Option<BTreeMap<u64, ShardEntry>>> {
+fn prepare_out(
+    opts: &PrecomputeOptions,
+    fresh: &Manifest,
+) -> Result<Option<BTreeMap<u64, ShardEntry>>> {
     let out = &opts.out;
     if out.exists() {
         if !out.is_dir() {
-            return Err(Error::flag("--out", format!("{} exists and is not a directory", out.display())));
+            return Err(Error::flag(
+                "--out",
+                format!("{} exists and is not a directory", out.display()),
+            ));
         }
         for entry in std::fs::read_dir(out).at(out)? {
             let name = entry.at(out)?.file_name();
@@ -341,7 +372,10 @@ fn prepare_out(opts: &PrecomputeOptions, fresh: &Manifest) -> Result<Option<BTre
         existing.identity_matches(fresh).map_err(|diff| {
             Error::cache(
                 &path,
-                format!("the cache in {} was made with a different {diff}; choose another --out or delete it", out.display()),
+                format!(
+                    "the cache in {} does not match this run ({diff}); a cache holds one teacher, tokenizer, corpus and packing: choose another --out or delete it",
+                    out.display()
+                ),
             )
         })?;
         if existing.worker.is_none() && existing.complete {
@@ -353,7 +387,9 @@ fn prepare_out(opts: &PrecomputeOptions, fresh: &Manifest) -> Result<Option<BTre
             }
             for s in existing.shards {
                 let file = out.join(&s.path);
-                let ok = std::fs::metadata(&file).map(|m| m.len() == s.bytes).unwrap_or(false);
+                let ok = std::fs::metadata(&file)
+                    .map(|m| m.len() == s.bytes)
+                    .unwrap_or(false);
                 if ok {
                     done.insert(s.index, s);
                 }
@@ -372,9 +408,16 @@ fn prepare_out(opts: &PrecomputeOptions, fresh: &Manifest) -> Result<Option<BTre
 
 /// Producer → teacher.
 enum Work {
-    Batch { shard: u64, seqs: Vec<PackedSequence> },
-    ShardEnd { shard: u64 },
-    End { total_sequences: u64 },
+    Batch {
+        shard: u64,
+        seqs: Vec<PackedSequence>,
+    },
+    ShardEnd {
+        shard: u64,
+    },
+    End {
+        total_sequences: u64,
+    },
 }
 
 /// Teacher → writer.
@@ -392,7 +435,12 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
     let device = parse_device(&opts.device)?;
     let plan = plan(opts)?;
     let Some(done) = prepare_out(opts, &plan.manifest)? else {
-        writeln!(out, "{}: already complete, nothing to do", opts.out.display()).at(&opts.out)?;
+        writeln!(
+            out,
+            "{}: already complete, nothing to do",
+            opts.out.display()
+        )
+        .at(&opts.out)?;
         return finish_summary(opts, started, 0, 0, 0, 0.0);
     };
     let teacher = plan.model.load(dtype, &device)?;
@@ -447,8 +495,12 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
             scope.spawn(move || write_shards(rows_rx, manifest, &out_dir, &path, write_opts))
         };
         let teacher_result = run_teacher(&teacher, opts, work_rx, rows_tx, &progress, &bytes_read);
-        let writer_result = writer.join().map_err(|_| Error::Internal("the writer thread panicked".into()))?;
-        producer.join().map_err(|_| Error::Internal("the producer thread panicked".into()))?;
+        let writer_result = writer
+            .join()
+            .map_err(|_| Error::Internal("the writer thread panicked".into()))?;
+        producer
+            .join()
+            .map_err(|_| Error::Internal("the producer thread panicked".into()))?;
         // The root cause wins over "the other side hung up".
         match (teacher_result, writer_result) {
             (Ok(t), Ok(w)) => Ok((t, w)),
@@ -513,13 +565,22 @@ fn try_merge(out_dir: &Path, workers: usize, out: &mut dyn Write) -> Result<bool
     for i in 0..workers {
         let path = worker_manifest_path(out_dir, i, workers);
         if !path.exists() || !Manifest::load(&path)?.complete {
-            writeln!(out, "{}: waiting for the other workers; `taidcache merge` combines them", out_dir.display())
-                .at(out_dir)?;
+            writeln!(
+                out,
+                "{}: waiting for the other workers; `taidcache merge` combines them",
+                out_dir.display()
+            )
+            .at(out_dir)?;
             return Ok(false);
         }
     }
     crate::cache::merge::merge(out_dir)?;
-    writeln!(out, "{}: all {workers} workers complete, manifest.json written", out_dir.display()).at(out_dir)?;
+    writeln!(
+        out,
+        "{}: all {workers} workers complete, manifest.json written",
+        out_dir.display()
+    )
+    .at(out_dir)?;
     Ok(true)
 }
 
@@ -559,27 +620,37 @@ fn produce(
         if !owned(shard) {
             continue;
         }
-        let last_in_shard = count % shard_rows == 0;
+        let last_in_shard = count.is_multiple_of(shard_rows);
         batch.push(seq);
         if batch.len() == batch_size || last_in_shard {
             let seqs = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-            tx.send(Ok(Work::Batch { shard, seqs })).map_err(|_| hung_up())?;
+            tx.send(Ok(Work::Batch { shard, seqs }))
+                .map_err(|_| hung_up())?;
         }
         if last_in_shard {
-            tx.send(Ok(Work::ShardEnd { shard })).map_err(|_| hung_up())?;
+            tx.send(Ok(Work::ShardEnd { shard }))
+                .map_err(|_| hung_up())?;
         }
     }
     // The last shard may be short.
     let last_shard = count.saturating_sub(1) / shard_rows;
-    if count % shard_rows != 0 && owned(last_shard) {
+    if !count.is_multiple_of(shard_rows) && owned(last_shard) {
         if !batch.is_empty() {
             let seqs = std::mem::take(&mut batch);
-            tx.send(Ok(Work::Batch { shard: last_shard, seqs })).map_err(|_| hung_up())?;
+            tx.send(Ok(Work::Batch {
+                shard: last_shard,
+                seqs,
+            }))
+            .map_err(|_| hung_up())?;
         }
-        tx.send(Ok(Work::ShardEnd { shard: last_shard })).map_err(|_| hung_up())?;
+        tx.send(Ok(Work::ShardEnd { shard: last_shard }))
+            .map_err(|_| hung_up())?;
     }
     bytes_read.store(stream.bytes_read(), Ordering::Relaxed);
-    tx.send(Ok(Work::End { total_sequences: count })).map_err(|_| hung_up())?;
+    tx.send(Ok(Work::End {
+        total_sequences: count,
+    }))
+    .map_err(|_| hung_up())?;
     Ok(())
 }
 
@@ -609,11 +680,13 @@ fn run_teacher(
                     tokens,
                     tokens as f64 / started.elapsed().as_secs_f64()
                 ));
-                tx.send(Rows::Batch { shard, rows }).map_err(|_| hung_up())?;
+                tx.send(Rows::Batch { shard, rows })
+                    .map_err(|_| hung_up())?;
             }
             Work::ShardEnd { shard } => tx.send(Rows::ShardEnd { shard }).map_err(|_| hung_up())?,
             Work::End { total_sequences } => {
-                tx.send(Rows::End { total_sequences }).map_err(|_| hung_up())?;
+                tx.send(Rows::End { total_sequences })
+                    .map_err(|_| hung_up())?;
                 return Ok(busy);
             }
         }
@@ -632,8 +705,12 @@ pub fn teacher_rows(teacher: &Decoder, seqs: &[PackedSequence], k: usize) -> Res
         rows.loss_mask.extend_from_slice(&seq.loss_mask);
     }
     let ids = Tensor::from_slice(&rows.input_ids, (b, s), teacher.device()).ctx("teacher input")?;
-    let hidden = teacher.forward_hidden(&ids, Mode::Infer).ctx("teacher forward")?;
-    let hidden = hidden.reshape((b * s, hidden.dim(2).ctx("teacher forward")?)).ctx("teacher forward")?;
+    let hidden = teacher
+        .forward_hidden(&ids, Mode::Infer)
+        .ctx("teacher forward")?;
+    let hidden = hidden
+        .reshape((b * s, hidden.dim(2).ctx("teacher forward")?))
+        .ctx("teacher forward")?;
 
     let positions = b * s;
     rows.topk_ids.resize(positions * k, 0);
@@ -698,7 +775,10 @@ fn write_shards(
             Rows::Batch { shard, rows } => {
                 if open.as_ref().map(|(s, _)| *s) != Some(shard) {
                     let path = out_dir.join(SHARDS_DIR).join(shard_file_name(shard));
-                    open = Some((shard, ShardWriter::create(&path, rows.seq_len, rows.k, opts)?));
+                    open = Some((
+                        shard,
+                        ShardWriter::create(&path, rows.seq_len, rows.k, opts)?,
+                    ));
                 }
                 sequences += rows.rows() as u64;
                 if let Some((_, w)) = open.as_mut() {
@@ -707,7 +787,9 @@ fn write_shards(
             }
             Rows::ShardEnd { shard } => {
                 let Some((s, w)) = open.take() else {
-                    return Err(Error::Internal(format!("shard {shard} ended before it started")));
+                    return Err(Error::Internal(format!(
+                        "shard {shard} ended before it started"
+                    )));
                 };
                 debug_assert_eq!(s, shard);
                 let mut entry = w.finish()?;

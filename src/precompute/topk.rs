@@ -101,7 +101,10 @@ fn tail_sum(row: &[f32], thr: f32, max: f32) -> (f64, usize) {
 
 fn first_non_finite(row: &[f32]) -> Option<usize> {
     // The sum of a row with a NaN or ±∞ is not finite; only then look for the culprit.
-    let s: f32 = row.chunks(SUM_BLOCK).map(|c| c.iter().map(|x| x * 0.0).sum::<f32>()).sum();
+    let s: f32 = row
+        .chunks(SUM_BLOCK)
+        .map(|c| c.iter().map(|x| x * 0.0).sum::<f32>())
+        .sum();
     if s == 0.0 {
         None
     } else {
@@ -120,7 +123,9 @@ pub fn topk_rows(
     tail: &mut [f32],
 ) -> Result<(), (usize, usize)> {
     let n = rows.len() / vocab;
-    assert!(rows.len() == n * vocab && ids.len() == n * k && logprobs.len() == n * k && tail.len() == n);
+    assert!(
+        rows.len() == n * vocab && ids.len() == n * k && logprobs.len() == n * k && tail.len() == n
+    );
     rows.par_chunks(vocab)
         .zip(ids.par_chunks_mut(k))
         .zip(logprobs.par_chunks_mut(k))
@@ -136,13 +141,32 @@ pub fn topk_rows(
 /// benchmark baseline.
 pub fn topk_row_by_sort(row: &[f32], k: usize) -> (Vec<u32>, Vec<f32>, f32) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let log_z = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let log_z = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     let mut order: Vec<u32> = (0..row.len() as u32).collect();
     order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
     let ids = order[..k].to_vec();
-    let lps = ids.iter().map(|&i| (row[i as usize] as f64 - log_z) as f32).collect();
-    let tail: f64 = order[k..].iter().map(|&i| (row[i as usize] as f64 - log_z).exp()).sum();
-    (ids, lps, if tail > 0.0 { tail.ln() as f32 } else { f32::NEG_INFINITY })
+    let lps = ids
+        .iter()
+        .map(|&i| (row[i as usize] as f64 - log_z) as f32)
+        .collect();
+    let tail: f64 = order[k..]
+        .iter()
+        .map(|&i| (row[i as usize] as f64 - log_z).exp())
+        .sum();
+    (
+        ids,
+        lps,
+        if tail > 0.0 {
+            tail.ln() as f32
+        } else {
+            f32::NEG_INFINITY
+        },
+    )
 }
 
 #[cfg(test)]
@@ -157,11 +181,17 @@ mod tests {
         let tail = topk_row(row, &mut ids, &mut lp).unwrap();
         assert_eq!(ids, rid, "ids differ (k = {k}, vocab = {})", row.len());
         for (j, (a, b)) in lp.iter().zip(&rlp).enumerate() {
-            assert!((a - b).abs() <= 2e-6 * b.abs().max(1.0), "logprob {j}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 2e-6 * b.abs().max(1.0),
+                "logprob {j}: {a} vs {b}"
+            );
         }
         if rtail.is_finite() {
             let rel = ((tail - rtail) as f64).exp() - 1.0;
-            assert!(rel.abs() < 1e-5, "tail mass relative error {rel}: {tail} vs {rtail}");
+            assert!(
+                rel.abs() < 1e-5,
+                "tail mass relative error {rel}: {tail} vs {rtail}"
+            );
         } else {
             assert_eq!(tail, f32::NEG_INFINITY);
         }
@@ -170,9 +200,18 @@ mod tests {
     #[test]
     fn selection_equals_full_sort_on_random_rows() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for &(vocab, k) in &[(1, 1), (5, 5), (100, 1), (1000, 50), (32000, 50), (4099, 64)] {
+        for &(vocab, k) in &[
+            (1, 1),
+            (5, 5),
+            (100, 1),
+            (1000, 50),
+            (32000, 50),
+            (4099, 64),
+        ] {
             for _ in 0..3 {
-                let row: Vec<f32> = (0..vocab).map(|_| rng.random::<f32>() * 20.0 - 10.0).collect();
+                let row: Vec<f32> = (0..vocab)
+                    .map(|_| rng.random::<f32>() * 20.0 - 10.0)
+                    .collect();
                 check(&row, k);
             }
         }

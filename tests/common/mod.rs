@@ -20,8 +20,31 @@ pub const ALL_ARCHS: [Architecture; 5] = [
 ];
 
 const WORDS: &[&str] = &[
-    "the", "a", "cache", "teacher", "student", "token", "model", "learns", "from", "every", "step", "and", "of",
-    "distills", "knowledge", "into", "small", "large", "fast", "slow", "data", "shard", "reads", "writes", "is",
+    "the",
+    "a",
+    "cache",
+    "teacher",
+    "student",
+    "token",
+    "model",
+    "learns",
+    "from",
+    "every",
+    "step",
+    "and",
+    "of",
+    "distills",
+    "knowledge",
+    "into",
+    "small",
+    "large",
+    "fast",
+    "slow",
+    "data",
+    "shard",
+    "reads",
+    "writes",
+    "is",
 ];
 
 /// `docs` documents of seeded pseudo-text.
@@ -79,7 +102,11 @@ impl Fixture {
         write_tiny_model(&teacher, &spec, Some(&tok)).unwrap();
         let corpus = dir.path().join("corpus.jsonl");
         write_jsonl(&corpus, &texts);
-        Self { dir, teacher, corpus }
+        Self {
+            dir,
+            teacher,
+            corpus,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -89,7 +116,10 @@ impl Fixture {
 
 /// The CLI binary.
 pub fn taidcache(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_taidcache")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_taidcache"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Every row of a cache, decoded, sorted by seq_id: one `ShardBatch` of one row each.
@@ -113,11 +143,16 @@ pub fn read_shard_rows(path: &Path) -> Vec<ShardBatch> {
         for r in 0..b.rows() {
             let mut one = ShardBatch::new(s, k);
             one.seq_ids.push(b.seq_ids[r]);
-            one.input_ids.extend_from_slice(&b.input_ids[r * s..(r + 1) * s]);
-            one.loss_mask.extend_from_slice(&b.loss_mask[r * s..(r + 1) * s]);
-            one.topk_ids.extend_from_slice(&b.topk_ids[r * s * k..(r + 1) * s * k]);
-            one.topk_logprobs.extend_from_slice(&b.topk_logprobs[r * s * k..(r + 1) * s * k]);
-            one.tail_logmass.extend_from_slice(&b.tail_logmass[r * s..(r + 1) * s]);
+            one.input_ids
+                .extend_from_slice(&b.input_ids[r * s..(r + 1) * s]);
+            one.loss_mask
+                .extend_from_slice(&b.loss_mask[r * s..(r + 1) * s]);
+            one.topk_ids
+                .extend_from_slice(&b.topk_ids[r * s * k..(r + 1) * s * k]);
+            one.topk_logprobs
+                .extend_from_slice(&b.topk_logprobs[r * s * k..(r + 1) * s * k]);
+            one.tail_logmass
+                .extend_from_slice(&b.tail_logmass[r * s..(r + 1) * s]);
             rows.push(one);
         }
     }
@@ -134,8 +169,16 @@ pub fn assert_same_rows(a: &[ShardBatch], b: &[ShardBatch]) {
         assert_eq!(x.loss_mask, y.loss_mask, "loss_mask of seq {id}");
         assert_eq!(x.topk_ids, y.topk_ids, "topk_ids of seq {id}");
         let bits = |v: &[half::f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&x.topk_logprobs), bits(&y.topk_logprobs), "topk_logprobs of seq {id}");
+        assert_eq!(
+            bits(&x.topk_logprobs),
+            bits(&y.topk_logprobs),
+            "topk_logprobs of seq {id}"
+        );
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&x.tail_logmass), bits(&y.tail_logmass), "tail_logmass of seq {id}");
+        assert_eq!(
+            bits(&x.tail_logmass),
+            bits(&y.tail_logmass),
+            "tail_logmass of seq {id}"
+        );
     }
 }
