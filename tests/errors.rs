@@ -58,35 +58,28 @@ fn teacher_problems_name_the_file_or_tensor() {
     let cfg = fx.teacher.join("config.json");
     let original = std::fs::read_to_string(&cfg).unwrap();
 
-    std::fs::write(&cfg, "{ not json").unwrap();
-    expect(
-        &precompute_fails(&fx.teacher, &fx.corpus, &out, &[]),
-        &["config.json", "invalid JSON"],
-    );
-
-    std::fs::write(&cfg, original.replace("\"llama\"", "\"gpt_neox\"")).unwrap();
-    expect(
-        &precompute_fails(&fx.teacher, &fx.corpus, &out, &[]),
-        &["gpt_neox", "unsupported model_type"],
-    );
-
-    std::fs::write(
-        &cfg,
-        original.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
-    )
-    .unwrap();
-    expect(
-        &precompute_fails(&fx.teacher, &fx.corpus, &out, &[]),
-        &["missing tensor", "model.layers.2."],
-    );
-
-    std::fs::write(
-        &cfg,
-        original.replace("\"vocab_size\": 320", "\"vocab_size\": 200"),
-    )
-    .unwrap();
-    let e = precompute_fails(&fx.teacher, &fx.corpus, &out, &[]);
-    expect(&e, &["model.embed_tokens.weight", "shape"]);
+    let cases: [(String, &[&str]); 4] = [
+        ("{ not json".into(), &["config.json", "invalid JSON"]),
+        (
+            original.replace("\"llama\"", "\"gpt_neox\""),
+            &["gpt_neox", "unsupported model_type"],
+        ),
+        (
+            original.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+            &["missing tensor", "model.layers.2."],
+        ),
+        (
+            original.replace("\"vocab_size\": 320", "\"vocab_size\": 200"),
+            &["model.embed_tokens.weight", "shape"],
+        ),
+    ];
+    for (config, wanted) in &cases {
+        std::fs::write(&cfg, config).unwrap();
+        expect(
+            &precompute_fails(&fx.teacher, &fx.corpus, &out, &[]),
+            wanted,
+        );
+    }
 
     std::fs::write(&cfg, &original).unwrap();
     std::fs::remove_file(&cfg).unwrap();

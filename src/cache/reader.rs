@@ -323,7 +323,7 @@ mod tests {
     use crate::cache::writer::{write_shard_atomic, WriteOptions};
     use std::sync::Arc;
 
-    use crate::cache::testutil::{append, random_batch};
+    use crate::cache::testutil::random_batch;
     use crate::hash::xxh3_file;
 
     #[test]
@@ -377,7 +377,7 @@ mod tests {
                 capacity,
                 "row group {i} reallocated"
             );
-            append(&mut back, &part);
+            back.extend_from(&part);
         }
         assert_eq!(back, batch);
 

@@ -109,13 +109,3 @@ pub fn sample_manifest(shards: u64, rows: u64) -> Manifest {
             .collect(),
     }
 }
-
-/// Append the rows of `from` to `to`.
-pub fn append(to: &mut ShardBatch, from: &ShardBatch) {
-    to.seq_ids.extend_from_slice(&from.seq_ids);
-    to.input_ids.extend_from_slice(&from.input_ids);
-    to.loss_mask.extend_from_slice(&from.loss_mask);
-    to.topk_ids.extend_from_slice(&from.topk_ids);
-    to.topk_logprobs.extend_from_slice(&from.topk_logprobs);
-    to.tail_logmass.extend_from_slice(&from.tail_logmass);
-}

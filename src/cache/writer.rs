@@ -90,7 +90,6 @@ impl ShardBatch {
         self.seq_ids.len()
     }
 
-    /// Drop the rows, keep the capacity.
     /// Append every row of `other` (same `seq_len` and `k`).
     pub fn extend_from(&mut self, other: &ShardBatch) {
         self.seq_ids.extend_from_slice(&other.seq_ids);
@@ -112,6 +111,7 @@ impl ShardBatch {
         self.tail_logmass.drain(..n * s);
     }
 
+    /// Drop the rows, keep the capacity.
     pub fn clear(&mut self) {
         self.seq_ids.clear();
         self.input_ids.clear();
