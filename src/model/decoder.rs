@@ -317,6 +317,11 @@ impl Decoder {
         norm(&self.norm, &x, mode)
     }
 
+    /// The output projection `[vocab, hidden]` (the embedding matrix when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+
     /// hidden: [.., hidden] → logits [.., vocab] in f32.
     pub fn logits(&self, hidden: &Tensor) -> CResult<Tensor> {
         self.lm_head.forward(hidden)?.to_dtype(DType::F32)

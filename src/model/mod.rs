@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod train;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
