@@ -136,32 +136,40 @@ impl Student {
             std::fs::remove_dir_all(&tmp).at(&tmp)?;
         }
         std::fs::create_dir_all(&tmp).at(&tmp)?;
+        self.write_hf_files(&tmp, dtype, tokenizer)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).at(dir)?;
+        }
+        std::fs::rename(&tmp, dir).at(dir)?;
+        Ok(())
+    }
+
+    /// Write the Hugging Face files into the existing directory `dir`, each fsynced.
+    pub fn write_hf_files(&self, dir: &Path, dtype: DType, tokenizer: Option<&Path>) -> Result<()> {
         let tensors: Vec<(String, Tensor)> = self
             .params
             .iter()
             .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(dtype).ctx(n.clone())?)))
             .collect::<Result<_>>()?;
-        let path = tmp.join(SINGLE_FILE);
-        candle_core::safetensors::save(&tensors.into_iter().collect(), &path).ctx(format!("writing {}", path.display()))?;
+        let path = dir.join(SINGLE_FILE);
+        candle_core::safetensors::save(&tensors.into_iter().collect(), &path)
+            .ctx(format!("writing {}", path.display()))?;
         let mut cfg = self.config_json.clone();
         if let Some(o) = cfg.as_object_mut() {
             o.remove("torch_dtype");
             o.insert("dtype".into(), serde_json::Value::String(hf_dtype_name(dtype).into()));
         }
-        let cfg_path = tmp.join(CONFIG_FILE);
+        let cfg_path = dir.join(CONFIG_FILE);
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap_or_default()).at(&cfg_path)?;
+        let mut written = vec![path, cfg_path];
         if let Some(tok) = tokenizer {
-            let to = tmp.join(TOKENIZER_FILE);
+            let to = dir.join(TOKENIZER_FILE);
             std::fs::copy(tok, &to).at(tok)?;
+            written.push(to);
         }
-        for f in std::fs::read_dir(&tmp).at(&tmp)? {
-            let f = f.at(&tmp)?.path();
+        for f in written {
             std::fs::File::open(&f).and_then(|h| h.sync_all()).at(&f)?;
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).at(dir)?;
-        }
-        std::fs::rename(&tmp, dir).at(dir)?;
         Ok(())
     }
 
