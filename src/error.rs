@@ -106,6 +106,10 @@ pub enum Error {
         source: candle_core::Error,
     },
 
+    /// A trainable parameter got no gradient (a non-differentiable op cut the graph).
+    #[error("parameter `{0}` received no gradient")]
+    MissingGradient(String),
+
     /// A pipeline stage stopped unexpectedly (a worker thread panicked or hung up).
     #[error("internal: {0}")]
     Internal(String),

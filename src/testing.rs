@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 
+use crate::cache::writer::ShardBatch;
 use crate::error::{CandleContext, IoContext, Result};
 use crate::model::config::{Architecture, ModelConfig};
 use crate::model::weights::{expected_tensors, CONFIG_FILE, SINGLE_FILE, TOKENIZER_FILE};
@@ -172,4 +173,103 @@ pub fn llm_like_logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {
         out.extend((0..vocab).map(|y| -sharpness * ((1 + y) as f32).ln() + 1.5 * rng.sample()));
     }
     out
+}
+
+/// A shard batch of `rows` sequences of `seq_len` tokens whose top-k records come from
+/// [`llm_like_logits`] (real top-k selection and tail mass), for benchmarks of the cache format.
+pub fn llm_like_batch(
+    rows: usize,
+    seq_len: usize,
+    k: usize,
+    vocab: usize,
+    seed: u64,
+) -> ShardBatch {
+    use half::slice::HalfFloatSliceExt;
+    let mut b = ShardBatch::new(seq_len, k);
+    let positions = rows * seq_len;
+    let mut lp = vec![0f32; positions * k];
+    b.topk_ids.resize(positions * k, 0);
+    b.tail_logmass.resize(positions, 0.0);
+    // Generate in slices to bound memory.
+    let step = 256;
+    for start in (0..positions).step_by(step) {
+        let n = step.min(positions - start);
+        let logits = llm_like_logits(n, vocab, seed.wrapping_add(start as u64));
+        crate::precompute::topk::topk_rows(
+            &logits,
+            vocab,
+            k,
+            &mut b.topk_ids[start * k..(start + n) * k],
+            &mut lp[start * k..(start + n) * k],
+            &mut b.tail_logmass[start..start + n],
+        )
+        .expect("k <= vocab");
+    }
+    b.topk_logprobs.resize(positions * k, half::f16::ZERO);
+    b.topk_logprobs.convert_from_f32_slice(&lp);
+    for r in 0..rows {
+        b.seq_ids.push(r as u64);
+        b.input_ids
+            .extend((0..seq_len).map(|i| ((i * 7919 + r) % vocab) as u32));
+        b.loss_mask.extend(std::iter::repeat_n(true, seq_len));
+    }
+    b
+}
+
+/// A plausible manifest with `shards` shards of `rows` rows of 16 tokens each.
+pub fn sample_manifest(shards: u64, rows: u64) -> crate::cache::manifest::Manifest {
+    let seq_len = 16;
+    crate::cache::manifest::Manifest {
+        format_version: crate::cache::FORMAT_VERSION,
+        taidcache_version: env!("CARGO_PKG_VERSION").into(),
+        teacher: crate::cache::manifest::TeacherInfo {
+            model_type: "llama".into(),
+            architecture: "LlamaForCausalLM".into(),
+            vocab_size: 1000,
+            config_sha256: "c".repeat(64),
+            safetensors_header_sha256: std::collections::BTreeMap::from([(
+                "model.safetensors".to_string(),
+                "a".repeat(64),
+            )]),
+            source: "models/teacher".into(),
+        },
+        tokenizer_sha256: "b".repeat(64),
+        corpus: crate::cache::manifest::CorpusInfo {
+            files: vec![crate::cache::manifest::CorpusFile {
+                path: "data/train.jsonl".into(),
+                format: "jsonl".into(),
+                bytes: 12345,
+                xxh3: "0".repeat(32),
+            }],
+            text_field: "text".into(),
+            text_split: "document".into(),
+        },
+        packing: crate::cache::manifest::PackingInfo {
+            seq_len,
+            eos_id: 2,
+            pad_id: 0,
+            add_special_tokens: false,
+            shard_rows: rows as usize,
+        },
+        top_k: 8,
+        vocab_size: 1000,
+        dtype: "f32".into(),
+        temperature: 1.0,
+        value_encoding: crate::cache::VALUE_ENCODING_F16.into(),
+        worker: None,
+        complete: true,
+        total_sequences: Some(shards * rows),
+        shards: (0..shards)
+            .map(|i| crate::cache::manifest::ShardEntry {
+                index: i,
+                path: crate::cache::shard_rel_path(i),
+                rows,
+                tokens: rows * seq_len as u64,
+                bytes: 1000 + i,
+                seq_id_start: i * rows,
+                seq_id_end: (i + 1) * rows,
+                xxh3: format!("{i:032x}"),
+            })
+            .collect(),
+    }
 }

@@ -1,28 +1,120 @@
-//! Every config in pipelines/ parses and resolves to valid options.
+//! Every config in pipelines/ parses and resolves to valid options; the Slurm script is valid
+//! bash.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+fn pipeline_files(ext: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files
+}
 
 #[test]
-fn every_pipeline_config_resolves() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "toml") {
-            continue;
-        }
-        let args = taidcache::cli::PrecomputeArgs {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
-        let section = taidcache::config::read_section(&path, "precompute").unwrap();
-        if !section.is_empty() {
+fn every_pipeline_config_resolves_and_validates() {
+    let files = pipeline_files("toml");
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for wanted in [
+        "demo.toml",
+        "qwen2-72b-to-1.5b.toml",
+        "phi3-mini-to-tinyllama.toml",
+        "cluster-precompute.toml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "pipelines/{wanted} missing"
+        );
+    }
+    for path in &files {
+        let mut stages = 0;
+        if !taidcache::config::read_section(path, "precompute")
+            .unwrap()
+            .is_empty()
+        {
+            let args = taidcache::cli::PrecomputeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            };
             let opts = args
                 .resolve()
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(opts.top_k >= 1 && opts.seq_len >= 1, "{}", path.display());
+            stages += 1;
         }
-        seen += 1;
+        if !taidcache::config::read_section(path, "distill")
+            .unwrap()
+            .is_empty()
+        {
+            let args = taidcache::cli::DistillArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            };
+            let opts = args
+                .resolve()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            opts.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            stages += 1;
+        }
+        assert!(
+            stages >= 1,
+            "{} has no [precompute] or [distill] table",
+            path.display()
+        );
     }
-    assert!(seen >= 1, "no pipeline configs found");
+}
+
+#[test]
+fn paper_recipes_carry_the_papers_hyper_parameters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let resolve = |name: &str| {
+        taidcache::cli::DistillArgs {
+            config: Some(dir.join(name)),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+    };
+    let q = resolve("qwen2-72b-to-1.5b.toml");
+    assert_eq!((q.t_start, q.alpha, q.beta, q.lr), (0.4, 5e-5, 0.99, 1e-5));
+    let p = resolve("phi3-mini-to-tinyllama.toml");
+    assert_eq!(
+        (p.t_start, p.alpha, p.lr, p.epochs),
+        (0.4, 5e-4, 1e-4, Some(5.0))
+    );
+    assert_eq!(p.batch_size * p.grad_accum, 64);
+}
+
+#[test]
+fn slurm_script_is_valid_bash_and_runs_workers_and_merge() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/slurm-precompute.sh");
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&script).unwrap();
+    for needle in [
+        "--worker \"$WORKER\"",
+        "--workers \"$WORKERS\"",
+        "SLURM_ARRAY_TASK_ID",
+        " merge ",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing from the Slurm script"
+        );
+    }
 }

@@ -1,13 +1,9 @@
 //! Test fixtures shared by the cache and inspect tests.
 
-use std::collections::BTreeMap;
-
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-use super::manifest::*;
 use super::writer::ShardBatch;
-use super::{shard_rel_path, FORMAT_VERSION, VALUE_ENCODING_F16};
 
 /// A batch of random but well-formed rows: ids < vocab, log-probs descending, tail
 /// consistent with the top-k mass.
@@ -52,60 +48,4 @@ pub fn random_batch(
     b
 }
 
-/// A plausible manifest with `shards` shards of `rows` rows of 16 tokens each.
-pub fn sample_manifest(shards: u64, rows: u64) -> Manifest {
-    let seq_len = 16;
-    Manifest {
-        format_version: FORMAT_VERSION,
-        taidcache_version: env!("CARGO_PKG_VERSION").into(),
-        teacher: TeacherInfo {
-            model_type: "llama".into(),
-            architecture: "LlamaForCausalLM".into(),
-            vocab_size: 1000,
-            config_sha256: "c".repeat(64),
-            safetensors_header_sha256: BTreeMap::from([(
-                "model.safetensors".to_string(),
-                "a".repeat(64),
-            )]),
-            source: "models/teacher".into(),
-        },
-        tokenizer_sha256: "b".repeat(64),
-        corpus: CorpusInfo {
-            files: vec![CorpusFile {
-                path: "data/train.jsonl".into(),
-                format: "jsonl".into(),
-                bytes: 12345,
-                xxh3: "0".repeat(32),
-            }],
-            text_field: "text".into(),
-            text_split: "document".into(),
-        },
-        packing: PackingInfo {
-            seq_len,
-            eos_id: 2,
-            pad_id: 0,
-            add_special_tokens: false,
-            shard_rows: rows as usize,
-        },
-        top_k: 8,
-        vocab_size: 1000,
-        dtype: "f32".into(),
-        temperature: 1.0,
-        value_encoding: VALUE_ENCODING_F16.into(),
-        worker: None,
-        complete: true,
-        total_sequences: Some(shards * rows),
-        shards: (0..shards)
-            .map(|i| ShardEntry {
-                index: i,
-                path: shard_rel_path(i),
-                rows,
-                tokens: rows * seq_len as u64,
-                bytes: 1000 + i,
-                seq_id_start: i * rows,
-                seq_id_end: (i + 1) * rows,
-                xxh3: format!("{i:032x}"),
-            })
-            .collect(),
-    }
-}
+pub use crate::testing::sample_manifest;

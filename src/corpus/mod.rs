@@ -27,6 +27,7 @@
 //! problem (invalid JSON, missing field, wrong type, negative or too large id, unreadable file)
 //! stops the stream with an error naming the file and the line or row.
 
+pub mod bpe;
 mod pack;
 mod readers;
 mod stream;

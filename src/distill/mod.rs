@@ -28,7 +28,7 @@ use crate::model::train::Student;
 use crate::model::weights::TOKENIZER_FILE;
 use crate::precompute::{parse_device, parse_dtype};
 
-use loader::{check_compatible, split_shards, Cursor, Loader, LoaderOptions};
+use loader::{check_compatible, split_units, Cursor, Loader, LoaderOptions, Unit};
 use objectives::{LossConfig, Objective};
 use optim::{AdamW, AdamWConfig};
 use schedule::{LrSchedule, TaidSchedule};
@@ -90,7 +90,7 @@ pub struct DistillOptions {
     pub eval_every: u64,
     /// Checkpoint every N optimizer steps (0: never; `final/` is always written).
     pub save_every: u64,
-    /// Fraction of the cache's shards held out for evaluation.
+    /// Fraction of the cache's sequences (the last ones, in sequence order) held out for evaluation.
     pub eval_fraction: f64,
     /// A separate cache to evaluate on (instead of `eval_fraction`).
     pub eval_cache: Option<PathBuf>,
@@ -106,7 +106,11 @@ fn yes() -> bool {
 }
 
 impl DistillOptions {
-    pub fn new(cache: impl Into<PathBuf>, student: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        cache: impl Into<PathBuf>,
+        student: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
         use defaults as d;
         Self {
             cache: cache.into(),
@@ -141,34 +145,62 @@ impl DistillOptions {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check the options a run cannot start with, naming the flag.
+    pub fn validate(&self) -> Result<()> {
         if self.steps == Some(0) {
             return Err(Error::flag("--steps", "must be at least 1"));
         }
         if let Some(e) = self.epochs {
             if !(e > 0.0 && e.is_finite()) {
-                return Err(Error::flag("--epochs", format!("{e} is not a positive number")));
+                return Err(Error::flag(
+                    "--epochs",
+                    format!("{e} is not a positive number"),
+                ));
             }
         }
         if self.steps.is_none() && self.epochs.is_none() {
             return Err(Error::flag("--steps", "give --steps N or --epochs E"));
         }
-        for (flag, v) in [("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum)] {
+        for (flag, v) in [
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+        ] {
             if v == 0 {
                 return Err(Error::flag(flag, "must be at least 1"));
             }
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::flag("--lr", format!("{} is not a positive learning rate", self.lr)));
-        }
-        if !(0.0..=1.0).contains(&self.t_start) || !(0.0..=1.0).contains(&self.t_end) || self.t_start > self.t_end {
             return Err(Error::flag(
-                "--t-start",
-                format!("need 0 ≤ t_start ≤ t_end ≤ 1, found {} and {}", self.t_start, self.t_end),
+                "--lr",
+                format!("{} is not a positive learning rate", self.lr),
             ));
         }
+        if !(0.0..=1.0).contains(&self.t_start)
+            || !(0.0..=1.0).contains(&self.t_end)
+            || self.t_start > self.t_end
+        {
+            return Err(Error::flag(
+                "--t-start",
+                format!(
+                    "need 0 ≤ t_start ≤ t_end ≤ 1, found {} and {}",
+                    self.t_start, self.t_end
+                ),
+            ));
+        }
+        let loss = LossConfig {
+            objective: self.objective,
+            tail: self.tail,
+            t: self.t_start as f32,
+            lambda: self.lambda,
+            ce_weight: self.ce_weight,
+        };
+        loss.validate()
+            .map_err(|msg| Error::flag("--objective", msg))?;
         if !(0.0..1.0).contains(&self.eval_fraction) {
-            return Err(Error::flag("--eval-fraction", format!("{} is not in [0, 1)", self.eval_fraction)));
+            return Err(Error::flag(
+                "--eval-fraction",
+                format!("{} is not in [0, 1)", self.eval_fraction),
+            ));
         }
         Ok(())
     }
@@ -198,7 +230,10 @@ pub struct EvalSummary {
 fn open_manifest(cache: &Path) -> Result<Manifest> {
     let path = cache.join(MANIFEST_FILE);
     if !cache.is_dir() {
-        return Err(Error::flag("--cache", format!("{} is not a cache directory", cache.display())));
+        return Err(Error::flag(
+            "--cache",
+            format!("{} is not a cache directory", cache.display()),
+        ));
     }
     let m = Manifest::load(&path)?;
     if !m.complete {
@@ -216,7 +251,10 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     opts.validate()?;
     let device = parse_device(&opts.device)?;
     let save_dtype = parse_dtype(&opts.save_dtype).map_err(|_| {
-        Error::flag("--save-dtype", format!("`{}` is not one of f32, bf16, f16", opts.save_dtype))
+        Error::flag(
+            "--save-dtype",
+            format!("`{}` is not one of f32, bf16, f16", opts.save_dtype),
+        )
     })?;
     let manifest = open_manifest(&opts.cache)?;
     let tokenizer = opts.student.join(TOKENIZER_FILE);
@@ -224,68 +262,92 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
 
     let run_dir = &opts.out;
     let ckpts = trainer::checkpoints(run_dir)?;
-    let resume_from = if opts.resume { ckpts.last().cloned() } else { None };
+    let resume_from = if opts.resume {
+        ckpts.last().cloned()
+    } else {
+        None
+    };
     if !opts.resume && (run_dir.join("metrics.jsonl").exists() || !ckpts.is_empty()) {
         return Err(Error::flag(
             "--out",
-            format!("{} already holds a run; pass --resume to continue it or choose another --out", run_dir.display()),
+            format!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                run_dir.display()
+            ),
         ));
     }
     std::fs::create_dir_all(run_dir).at(run_dir)?;
 
-    let student_dir = resume_from.as_ref().map(|(_, p)| p.clone()).unwrap_or(opts.student.clone());
+    let student_dir = resume_from
+        .as_ref()
+        .map(|(_, p)| p.clone())
+        .unwrap_or(opts.student.clone());
     let student = Student::from_dir(&student_dir, opts.seed, &device)?;
     let tok_sha = match &tokenizer {
         Some(t) => Some(sha256_file(t)?),
         None => None,
     };
-    check_compatible(&opts.cache.join(MANIFEST_FILE), &manifest, student.config.vocab_size, tok_sha.as_deref())?;
+    check_compatible(
+        &opts.cache.join(MANIFEST_FILE),
+        &manifest,
+        student.config.vocab_size,
+        tok_sha.as_deref(),
+    )?;
 
-    // Data: train shards (and eval shards, or a separate eval cache).
-    let (train_shards, eval_shards) = split_shards(&manifest, if opts.eval_cache.is_some() { 0.0 } else { opts.eval_fraction });
-    if train_shards.is_empty() {
-        return Err(Error::flag("--eval-fraction", "leaves no shard to train on"));
-    }
-    let eval_source: Option<(PathBuf, Manifest, Vec<usize>)> = match &opts.eval_cache {
+    // Data: training rows, and held-out rows (or a separate eval cache).
+    let fraction = if opts.eval_cache.is_some() {
+        0.0
+    } else {
+        opts.eval_fraction
+    };
+    let (train_units, eval_units) = split_units(&opts.cache, &manifest, fraction)?;
+    let eval_source: Option<(PathBuf, Manifest, Vec<Unit>)> = match &opts.eval_cache {
         Some(c) => {
             let m = open_manifest(c)?;
-            check_compatible(&c.join(MANIFEST_FILE), &m, student.config.vocab_size, tok_sha.as_deref())?;
-            let all = (0..m.shards.len()).collect();
+            check_compatible(
+                &c.join(MANIFEST_FILE),
+                &m,
+                student.config.vocab_size,
+                tok_sha.as_deref(),
+            )?;
+            let (all, _) = split_units(c, &m, 0.0)?;
             Some((c.clone(), m, all))
         }
-        None if !eval_shards.is_empty() => Some((opts.cache.clone(), manifest.clone(), eval_shards)),
+        None if !eval_units.is_empty() => Some((opts.cache.clone(), manifest.clone(), eval_units)),
         None => None,
     };
-    let train_opts = LoaderOptions {
-        batch_size: opts.batch_size,
-        seed: opts.seed,
-        shuffle: true,
-        prefetch: 2,
-        threads: 1,
-        drop_last: true,
-    };
-
-    // State: fresh or from the checkpoint.
-    let probe = Loader::new(&opts.cache, &manifest, &train_shards, train_opts.clone(), Cursor { epoch: 0, batches_in_epoch: 0 })?;
-    let batches_per_epoch = probe.batches_per_epoch();
-    drop(probe);
+    let train_rows: usize = train_units.iter().map(|u| u.rows.len()).sum();
+    let batches_per_epoch = train_rows / opts.batch_size;
     if batches_per_epoch == 0 {
         return Err(Error::flag(
             "--batch-size",
-            format!("{} is larger than the training split ({} sequences)", opts.batch_size, manifest.total_rows()),
+            format!(
+                "{} is larger than the training split ({train_rows} sequences)",
+                opts.batch_size
+            ),
         ));
     }
+    // State: fresh or from the checkpoint.
     let total_steps = match (opts.steps, opts.epochs) {
         (Some(n), _) => n,
-        (None, Some(e)) => ((e * batches_per_epoch as f64) / opts.grad_accum as f64).ceil().max(1.0) as u64,
+        (None, Some(e)) => ((e * batches_per_epoch as f64) / opts.grad_accum as f64)
+            .ceil()
+            .max(1.0) as u64,
         (None, None) => unreachable!("validated"),
     };
     let adaptive = opts.objective == Objective::Taid;
     let mut state = TrainerState {
         step: 0,
         tokens: 0,
-        schedule: TaidSchedule::new(opts.t_start, opts.t_end, opts.alpha, opts.beta, total_steps, adaptive),
-        cursor: Cursor { epoch: 0, batches_in_epoch: 0 },
+        schedule: TaidSchedule::new(
+            opts.t_start,
+            opts.t_end,
+            opts.alpha,
+            opts.beta,
+            total_steps,
+            adaptive,
+        ),
+        cursor: Cursor::default(),
     };
     let params = student.params.clone();
     let mut opt = AdamW::new(
@@ -316,18 +378,33 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         min_lr_ratio: 0.0,
     };
 
-    let mut loader = Loader::new(&opts.cache, &manifest, &train_shards, train_opts, state.cursor.clone())?;
+    let mut loader = Loader::new(
+        &opts.cache,
+        &manifest,
+        &train_units,
+        LoaderOptions::train(opts.batch_size, opts.seed),
+        state.cursor,
+    )?;
     let progress = progress_bar(opts.progress, total_steps, state.step);
     let mut last = StepStats::default();
     let mut last_good: Option<u64> = resume_from.as_ref().map(|(n, _)| *n);
     let mut eval = None;
     let run_started = Instant::now();
+    if let (0, true, Some((cache, m, units))) = (state.step, opts.eval_every > 0, &eval_source) {
+        // The starting point of the eval curve.
+        let e = run_eval(&student, cache, m, units, opts)?;
+        let t = state.schedule.t();
+        trainer::write_metrics_line(
+            &metrics,
+            &serde_json::json!({"step": 0, "split": "eval", "ce": e.ce, "kl_teacher": e.kl_teacher, "t": t}),
+        )?;
+    }
     while state.step < total_steps {
-        let t = state.schedule.t() as f32;
+        let t = state.schedule.t();
         let cfg = LossConfig {
             objective: opts.objective,
             tail: opts.tail,
-            t,
+            t: t as f32,
             lambda: opts.lambda,
             ce_weight: opts.ce_weight,
         };
@@ -338,7 +415,10 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
                 .ok_or_else(|| Error::Internal("the training loader ended".into()))??;
             micro.push(batch);
         }
-        let normalizer: usize = micro.iter().map(|b| trainer::count_positions(&b.data, opts.objective)).sum();
+        let normalizer: usize = micro
+            .iter()
+            .map(|b| trainer::count_positions(&b.data, opts.objective))
+            .sum();
         let mut grads = None;
         let mut stats = StepStats::default();
         for b in &micro {
@@ -348,7 +428,13 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         let loss = stats.loss(opts.objective);
         if !loss.is_finite() {
             let keep = match last_good {
-                Some(n) => format!("the last good checkpoint is {}", run_dir.join("checkpoints").join(format!("step-{n}")).display()),
+                Some(n) => format!(
+                    "the last good checkpoint is {}",
+                    run_dir
+                        .join("checkpoints")
+                        .join(format!("step-{n}"))
+                        .display()
+                ),
                 None => "no checkpoint was written yet".to_string(),
             };
             return Err(Error::Flag {
@@ -356,11 +442,21 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
                 msg: format!("step {}: the loss is not finite ({loss}); lower --lr or check the data; {keep}", state.step + 1),
             });
         }
-        let mut grads = grads.ok_or_else(|| Error::Internal("no gradients".into()))?;
-        let (grad_norm, rate) = trainer::apply_step(&student, &mut opt, &mut grads, &lr, state.step, opts.max_grad_norm)?;
+        let grads = grads.ok_or_else(|| Error::Internal("no gradients".into()))?;
+        let (grad_norm, rate) = trainer::apply_step(
+            &student,
+            &mut opt,
+            &grads,
+            &lr,
+            state.step,
+            opts.max_grad_norm,
+        )?;
         state.step += 1;
-        state.tokens += micro.iter().map(|b| b.data.input_ids.len() as u64).sum::<u64>();
-        state.cursor = micro.last().map(|b| b.cursor.clone()).unwrap_or(state.cursor.clone());
+        state.tokens += micro
+            .iter()
+            .map(|b| b.data.input_ids.len() as u64)
+            .sum::<u64>();
+        state.cursor = micro.last().map_or(state.cursor, |b| b.cursor);
         let signal = match opts.adaptive_signal {
             AdaptiveSignal::Kl => loss,
             AdaptiveSignal::Ce => stats.xent(),
@@ -388,7 +484,9 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         ));
 
         let eval_now = opts.eval_every > 0 && state.step % opts.eval_every == 0;
-        if let (true, Some((cache, m, shards))) = (eval_now || state.step == total_steps, &eval_source) {
+        if let (true, Some((cache, m, shards))) =
+            (eval_now || state.step == total_steps, &eval_source)
+        {
             let e = run_eval(&student, cache, m, shards, opts)?;
             trainer::write_metrics_line(
                 &metrics,
@@ -435,20 +533,19 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     Ok(summary)
 }
 
-fn run_eval(student: &Student, cache: &Path, m: &Manifest, shards: &[usize], opts: &DistillOptions) -> Result<EvalSummary> {
+fn run_eval(
+    student: &Student,
+    cache: &Path,
+    m: &Manifest,
+    units: &[Unit],
+    opts: &DistillOptions,
+) -> Result<EvalSummary> {
     let mut loader = Loader::new(
         cache,
         m,
-        shards,
-        LoaderOptions {
-            batch_size: opts.batch_size,
-            seed: opts.seed,
-            shuffle: false,
-            prefetch: 2,
-            threads: 1,
-            drop_last: false,
-        },
-        Cursor { epoch: 0, batches_in_epoch: 0 },
+        units,
+        LoaderOptions::eval(opts.batch_size),
+        Cursor::default(),
     )?;
     let s = trainer::evaluate(student, &mut loader, opts.tail)?;
     Ok(EvalSummary {
@@ -463,8 +560,10 @@ fn progress_bar(enabled: bool, total: u64, start: u64) -> indicatif::ProgressBar
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} step {pos}/{len} {msg} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} step {pos}/{len} {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(start);
     bar

@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::loader::{Batch, Cursor, Loader};
-use super::objectives::{self, LossConfig, LossOutput, Objective};
-use super::optim::{clip_grad_norm, AdamW};
+use super::objectives::{self, Chunk, LossConfig, LossOutput, Objective};
+use super::optim::{clip_factor, grad_norm, with_host_f32, AdamW};
 use super::schedule::{LrSchedule, TaidSchedule};
 use crate::cache::writer::ShardBatch;
-use crate::error::{CandleContext, Error, IoContext, Result};
+use crate::error::{CandleContext, IoContext, Result};
 use crate::model::train::Student;
 use crate::model::Mode;
 
@@ -41,7 +41,7 @@ pub struct TrainerState {
 pub struct StepStats {
     pub loss_sum: f64,
     /// Σ −Σ_y p_t(y) log q(y): TAID's cross-entropy form, the `adaptive_signal = "ce"` input.
-    pub xent_sum: f64,
+    pub target_xent_sum: f64,
     pub ce_sum: f64,
     pub kl_sum: f64,
     pub positions: usize,
@@ -51,7 +51,7 @@ pub struct StepStats {
 impl StepStats {
     pub fn add(&mut self, o: &LossOutput) {
         self.loss_sum += o.loss_sum;
-        self.xent_sum += o.xent_sum;
+        self.target_xent_sum += o.target_xent_sum;
         self.ce_sum += o.ce_sum;
         self.kl_sum += o.kl_sum;
         self.positions += o.positions;
@@ -72,7 +72,7 @@ impl StepStats {
     }
 
     pub fn xent(&self) -> f64 {
-        self.xent_sum / self.positions.max(1) as f64
+        self.target_xent_sum / self.positions.max(1) as f64
     }
 
     pub fn ce(&self) -> f64 {
@@ -105,21 +105,6 @@ pub fn count_positions(data: &ShardBatch, objective: Objective) -> usize {
     }
 }
 
-/// Host f32 copy-free view of a CPU tensor.
-fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.to_device(&Device::Cpu).ctx("copying to host")?.to_dtype(DType::F32).ctx("to f32")?;
-    let t = t.contiguous().ctx("contiguous")?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Internal("tensor is not on the host".into()));
-    };
-    let data = cpu.as_slice::<f32>().ctx("host slice")?;
-    let (lo, hi) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| Error::Internal("tensor is not contiguous".into()))?;
-    Ok(f(&data[lo..hi]))
-}
-
 /// Loss and gradients of one micro-batch; gradients are scaled by `1 / normalizer` and added
 /// into `acc` (created on the first micro-batch).
 pub fn micro_batch(
@@ -133,7 +118,10 @@ pub fn micro_batch(
     let device = student.model.device().clone();
     let vocab = student.config.vocab_size;
     let ids = Tensor::from_slice(&data.input_ids, (b, s), &device).ctx("student input")?;
-    let hidden = student.model.forward_hidden(&ids, Mode::Train).ctx("student forward")?;
+    let hidden = student
+        .model
+        .forward_hidden(&ids, Mode::Train)
+        .ctx("student forward")?;
     let h = hidden.dim(2).ctx("student forward")?;
     let hidden = hidden.reshape((b * s, h)).ctx("student forward")?;
     let hd = hidden.detach();
@@ -156,26 +144,29 @@ pub fn micro_batch(
         let logits = hc.matmul(&w.t().ctx("lm_head")?).ctx("lm_head")?;
         let g = &mut grad[..n * vocab];
         let o = with_host_f32(&logits, |l| {
-            objectives::loss_and_grad(
-                cfg,
-                l,
+            let chunk = Chunk {
+                logits: l,
                 vocab,
                 k,
-                &data.topk_ids[start * k..(start + n) * k],
-                &logprobs[start * k..(start + n) * k],
-                &data.tail_logmass[start..start + n],
-                &data.loss_mask[start..start + n],
-                &labels[start..start + n],
-                g,
-            )
+                ids: &data.topk_ids[start * k..(start + n) * k],
+                logprobs: &logprobs[start * k..(start + n) * k],
+                tail: &data.tail_logmass[start..start + n],
+                mask: &data.loss_mask[start..start + n],
+                labels: &labels[start..start + n],
+            };
+            objectives::loss_and_grad(cfg, &chunk, g)
         })?;
-        out.add(&o);
+        out += o;
         for x in g.iter_mut() {
             *x *= scale;
         }
         let gt = Tensor::from_slice(g, (n, vocab), &device).ctx("loss gradient")?;
         grad_h.push(gt.matmul(&w).ctx("lm_head backward")?);
-        let gw = gt.t().ctx("lm_head backward")?.matmul(&hc).ctx("lm_head backward")?;
+        let gw = gt
+            .t()
+            .ctx("lm_head backward")?
+            .matmul(&hc)
+            .ctx("lm_head backward")?;
         grad_w = Some(match grad_w {
             None => gw,
             Some(acc) => (acc + gw).ctx("lm_head backward")?,
@@ -183,7 +174,10 @@ pub fn micro_batch(
         start += n;
     }
     let grad_h = Tensor::cat(&grad_h, 0).ctx("lm_head backward")?;
-    let surrogate = (hidden * grad_h).ctx("surrogate")?.sum_all().ctx("surrogate")?;
+    let surrogate = (hidden * grad_h)
+        .ctx("surrogate")?
+        .sum_all()
+        .ctx("surrogate")?;
     let mut grads = surrogate.backward().ctx("backward")?;
     if let Some(gw) = grad_w {
         let total = match grads.remove(w_var.as_tensor()) {
@@ -209,19 +203,12 @@ pub fn micro_batch(
     Ok(out)
 }
 
-impl LossOutput {
-    fn add(&mut self, o: &LossOutput) {
-        self.loss_sum += o.loss_sum;
-        self.xent_sum += o.xent_sum;
-        self.ce_sum += o.ce_sum;
-        self.kl_sum += o.kl_sum;
-        self.positions += o.positions;
-        self.ce_positions += o.ce_positions;
-    }
-}
-
 /// Evaluate the student on every batch of `loader`: CE on the tokens, KL from the cached teacher.
-pub fn evaluate(student: &Student, loader: &mut Loader, tail: super::targets::TailMode) -> Result<StepStats> {
+pub fn evaluate(
+    student: &Student,
+    loader: &mut Loader,
+    tail: super::targets::TailMode,
+) -> Result<StepStats> {
     let cfg = LossConfig {
         objective: Objective::Kl,
         tail,
@@ -237,27 +224,36 @@ pub fn evaluate(student: &Student, loader: &mut Loader, tail: super::targets::Ta
         let Batch { data, .. } = batch?;
         let (b, s, k) = (data.rows(), data.seq_len, data.k);
         let ids = Tensor::from_slice(&data.input_ids, (b, s), &device).ctx("eval input")?;
-        let hidden = student.model.forward_hidden(&ids, Mode::Infer).ctx("eval forward")?;
-        let hidden = hidden.reshape((b * s, hidden.dim(2).ctx("eval")?)).ctx("eval")?;
+        let hidden = student
+            .model
+            .forward_hidden(&ids, Mode::Infer)
+            .ctx("eval forward")?;
+        let hidden = hidden
+            .reshape((b * s, hidden.dim(2).ctx("eval")?))
+            .ctx("eval")?;
         let logprobs: Vec<f32> = data.topk_logprobs.iter().map(|x| x.to_f32()).collect();
         let labels = labels(&data);
         let chunk = (LOSS_CHUNK_BYTES / 4 / vocab).max(1);
         let mut start = 0;
         while start < b * s {
             let n = chunk.min(b * s - start);
-            let logits = hidden.narrow(0, start, n).ctx("eval")?.matmul(&w.t().ctx("eval")?).ctx("eval")?;
+            let logits = hidden
+                .narrow(0, start, n)
+                .ctx("eval")?
+                .matmul(&w.t().ctx("eval")?)
+                .ctx("eval")?;
             let o = with_host_f32(&logits, |l| {
-                objectives::loss_only(
-                    &cfg,
-                    l,
+                let chunk = Chunk {
+                    logits: l,
                     vocab,
                     k,
-                    &data.topk_ids[start * k..(start + n) * k],
-                    &logprobs[start * k..(start + n) * k],
-                    &data.tail_logmass[start..start + n],
-                    &data.loss_mask[start..start + n],
-                    &labels[start..start + n],
-                )
+                    ids: &data.topk_ids[start * k..(start + n) * k],
+                    logprobs: &logprobs[start * k..(start + n) * k],
+                    tail: &data.tail_logmass[start..start + n],
+                    mask: &data.loss_mask[start..start + n],
+                    labels: &labels[start..start + n],
+                };
+                objectives::loss_only(&cfg, &chunk)
             })?;
             stats.add(&o);
             start += n;
@@ -294,7 +290,11 @@ pub fn truncate_metrics(file: &Path, step: u64) -> Result<()> {
         })
         .collect();
     let tmp = file.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).at(&tmp)?;
+    std::fs::write(
+        &tmp,
+        kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .at(&tmp)?;
     std::fs::rename(&tmp, file).at(file)
 }
 
@@ -340,8 +340,14 @@ pub fn save_checkpoint(
     student.write_hf_files(&tmp, DType::F32, tokenizer)?;
     opt.save(&tmp.join(OPTIMIZER_FILE))?;
     let state_path = tmp.join(STATE_FILE);
-    std::fs::write(&state_path, serde_json::to_string_pretty(state).unwrap_or_default()).at(&state_path)?;
-    std::fs::File::open(&state_path).and_then(|f| f.sync_all()).at(&state_path)?;
+    std::fs::write(
+        &state_path,
+        serde_json::to_string_pretty(state).unwrap_or_default(),
+    )
+    .at(&state_path)?;
+    std::fs::File::open(&state_path)
+        .and_then(|f| f.sync_all())
+        .at(&state_path)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).at(&dir)?;
     }
@@ -353,19 +359,15 @@ pub fn save_checkpoint(
 pub fn apply_step(
     student: &Student,
     opt: &mut AdamW,
-    grads: &mut GradStore,
+    grads: &GradStore,
     lr: &LrSchedule,
     step: u64,
     max_grad_norm: f64,
 ) -> Result<(f64, f64)> {
-    let norm = if max_grad_norm > 0.0 {
-        clip_grad_norm(&student.params, grads, max_grad_norm)?
-    } else {
-        f64::NAN
-    };
+    let norm = grad_norm(&student.params, grads)?;
     let rate = lr.lr(step);
     opt.set_lr(rate);
-    opt.step(grads)?;
+    opt.step(grads, clip_factor(norm, max_grad_norm))?;
     Ok((norm, rate))
 }
 

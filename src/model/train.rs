@@ -33,10 +33,11 @@ impl Student {
     pub fn from_dir(dir: &Path, seed: u64, device: &Device) -> Result<Self> {
         let cfg_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
-        let config_json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: cfg_path.clone(),
-            source,
-        })?;
+        let config_json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: cfg_path.clone(),
+                source,
+            })?;
         let config = ModelConfig::from_value(&config_json, &cfg_path)?;
         let has_weights = dir.join(SINGLE_FILE).exists() || dir.join(weights::INDEX_FILE).exists();
         let files = if has_weights {
@@ -89,7 +90,8 @@ impl Student {
                 .ctx(format!("{}: tensor {name}", dir.display()))?
                 .to_dtype(DType::F32)
                 .ctx(name.clone())?;
-            var.set(&t).ctx(format!("{}: tensor {name}", dir.display()))?;
+            var.set(&t)
+                .ctx(format!("{}: tensor {name}", dir.display()))?;
         }
         Ok(())
     }
@@ -157,10 +159,17 @@ impl Student {
         let mut cfg = self.config_json.clone();
         if let Some(o) = cfg.as_object_mut() {
             o.remove("torch_dtype");
-            o.insert("dtype".into(), serde_json::Value::String(hf_dtype_name(dtype).into()));
+            o.insert(
+                "dtype".into(),
+                serde_json::Value::String(hf_dtype_name(dtype).into()),
+            );
         }
         let cfg_path = dir.join(CONFIG_FILE);
-        std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap_or_default()).at(&cfg_path)?;
+        std::fs::write(
+            &cfg_path,
+            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+        )
+        .at(&cfg_path)?;
         let mut written = vec![path, cfg_path];
         if let Some(tok) = tokenizer {
             let to = dir.join(TOKENIZER_FILE);

@@ -11,6 +11,7 @@
 //! never spans two shards, so a resumed run and a run split over `--workers N` compute exactly
 //! the batches an uninterrupted single run does. Shard `j` belongs to worker `j % N`.
 
+pub mod device_topk;
 pub mod topk;
 
 use std::collections::BTreeMap;
@@ -723,7 +724,38 @@ pub fn teacher_rows(teacher: &Decoder, seqs: &[PackedSequence], k: usize) -> Res
         let n = chunk.min(positions - start);
         let logits = teacher
             .logits(&hidden.narrow(0, start, n).ctx("lm_head")?)
-            .ctx("lm_head")?
+            .ctx("lm_head")?;
+        if !logits.device().is_cpu() {
+            // On a GPU: top-k and tail on the device; only [n, k] ids and log-probs and [n]
+            // tails come back.
+            let (ids, lp, tail) =
+                device_topk::topk_blocks(&logits, k).ctx("top-k on the device")?;
+            let host = |t: Tensor| t.flatten_all().and_then(|t| t.to_device(&Device::Cpu));
+            let ids: Vec<u32> = host(ids)
+                .and_then(|t| t.to_vec1())
+                .ctx("copying top-k ids")?;
+            let lp: Vec<f32> = host(lp)
+                .and_then(|t| t.to_vec1())
+                .ctx("copying top-k log-probs")?;
+            let tail: Vec<f32> = host(tail).and_then(|t| t.to_vec1()).ctx("copying tails")?;
+            if let Some(p) = lp.iter().position(|x| !x.is_finite()) {
+                let p = start + p / k;
+                return Err(Error::cache(
+                    &teacher.config().path,
+                    format!(
+                        "the teacher produced a non-finite logit at sequence {} position {}; try --dtype f32",
+                        seqs[p / s].seq_id,
+                        p % s
+                    ),
+                ));
+            }
+            rows.topk_ids[start * k..(start + n) * k].copy_from_slice(&ids);
+            logprobs[start * k..(start + n) * k].copy_from_slice(&lp);
+            rows.tail_logmass[start..start + n].copy_from_slice(&tail);
+            start += n;
+            continue;
+        }
+        let logits = logits
             .to_device(&Device::Cpu)
             .ctx("copying logits to the host")?;
         let (storage, layout) = logits.storage_and_layout();

@@ -1,0 +1,291 @@
+//! `taidcache plot RUN... --out FILE.svg|png`: training loss, TAID's t and the held-out KL to
+//! the teacher against the optimizer step, one line per run, three panels on one figure.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// One run's curves, read from `RUN/metrics.jsonl`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunCurves {
+    pub label: String,
+    /// (step, loss)
+    pub loss: Vec<(f64, f64)>,
+    /// (step, t)
+    pub t: Vec<(f64, f64)>,
+    /// (step, held-out KL from the teacher)
+    pub eval_kl: Vec<(f64, f64)>,
+}
+
+/// Read a run directory's metrics; the label is the directory's name.
+pub fn read_run(run: &Path) -> Result<RunCurves> {
+    let path = run.join("metrics.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::flag(
+                "RUN",
+                format!("{} is not a distill run (no metrics.jsonl)", run.display()),
+            ))
+        }
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let mut c = RunCurves {
+        label: run.file_name().map_or_else(
+            || run.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        ..Default::default()
+    };
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::field(&path, format!("line {}", i + 1), e.to_string()))?;
+        let step = v["step"].as_f64().ok_or_else(|| {
+            Error::field(
+                &path,
+                format!("line {}: step", i + 1),
+                "missing or not a number",
+            )
+        })?;
+        if v["split"] == "eval" {
+            if let Some(kl) = v["kl_teacher"].as_f64() {
+                c.eval_kl.push((step, kl));
+            }
+        } else {
+            if let Some(loss) = v["loss"].as_f64() {
+                c.loss.push((step, loss));
+            }
+            if let Some(t) = v["t"].as_f64() {
+                c.t.push((step, t));
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// The font every label is drawn with: `TAIDCACHE_FONT`, else the first common system sans font.
+fn register_font() -> Result<()> {
+    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let mut candidates: Vec<PathBuf> = std::env::var_os("TAIDCACHE_FONT")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        candidates.extend(
+            [
+                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/TTF/DejaVuSans.ttf",
+                "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+                "/Library/Fonts/Arial.ttf",
+                "/System/Library/Fonts/Supplemental/Arial.ttf",
+                "C:\\Windows\\Fonts\\arial.ttf",
+            ]
+            .map(PathBuf::from),
+        );
+        let bytes = candidates
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .ok_or_else(|| {
+                "no TrueType font found for the plot's labels; set TAIDCACHE_FONT=/path/to/font.ttf"
+                    .to_string()
+            })?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| "the plot font is not a valid TrueType font".to_string())
+    })
+    .clone()
+    .map_err(|msg| Error::flag("TAIDCACHE_FONT", msg))
+}
+
+fn bounds(series: &[&[(f64, f64)]]) -> Option<(std::ops::Range<f64>, std::ops::Range<f64>)> {
+    let pts = series
+        .iter()
+        .flat_map(|s| s.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    let mut any = false;
+    for &(x, y) in pts {
+        any = true;
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !any {
+        return None;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    Some((x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad)))
+}
+
+/// Draw `runs` into `out` (`.svg` or `.png`).
+pub fn plot(runs: &[RunCurves], out: &Path) -> Result<()> {
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("svg") => {
+            register_font()?;
+            draw(
+                SVGBackend::new(out, (900, 1000)).into_drawing_area(),
+                runs,
+                out,
+            )
+        }
+        Some("png") => {
+            register_font()?;
+            draw(
+                BitMapBackend::new(out, (900, 1000)).into_drawing_area(),
+                runs,
+                out,
+            )
+        }
+        _ => Err(Error::flag(
+            "--out",
+            format!("{}: the plot file must end in .svg or .png", out.display()),
+        )),
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    runs: &[RunCurves],
+    out: &Path,
+) -> Result<()> {
+    let fail = |e: &dyn std::fmt::Display| Error::io(out, std::io::Error::other(e.to_string()));
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let panels = root.split_evenly((3, 1));
+    type Pick = fn(&RunCurves) -> &[(f64, f64)];
+    let specs: [(&str, &str, Pick); 3] = [
+        ("training loss", "loss", |r| &r.loss),
+        ("TAID interpolation t", "t", |r| &r.t),
+        ("held-out KL(teacher ‖ student)", "KL (nats/token)", |r| {
+            &r.eval_kl
+        }),
+    ];
+    for (panel, (title, ylabel, pick)) in panels.iter().zip(specs) {
+        let series: Vec<&[(f64, f64)]> = runs.iter().map(pick).collect();
+        let Some((xr, yr)) = bounds(&series) else {
+            continue;
+        };
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xr, yr)
+            .map_err(|e| fail(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("optimizer step")
+            .y_desc(ylabel)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(|e| fail(&e))?;
+        for (i, (run, pts)) in runs.iter().zip(&series).enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| fail(&e))?
+                .label(run.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| fail(&e))?;
+    }
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, name: &str, slope: f64) -> PathBuf {
+        let run = dir.join(name);
+        std::fs::create_dir_all(&run).unwrap();
+        let mut lines = String::new();
+        for s in 1..=20 {
+            lines += &format!(
+                "{{\"step\":{s},\"loss\":{},\"t\":{},\"lr\":0.001}}\n",
+                3.0 - slope * s as f64,
+                0.4 + 0.03 * s as f64
+            );
+            if s % 5 == 0 {
+                lines += &format!(
+                    "{{\"step\":{s},\"split\":\"eval\",\"ce\":2.0,\"kl_teacher\":{}}}\n",
+                    1.0 / s as f64
+                );
+            }
+        }
+        std::fs::write(run.join("metrics.jsonl"), lines).unwrap();
+        run
+    }
+
+    #[test]
+    fn plot_has_labeled_axes_and_one_line_per_run_in_each_panel() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs: Vec<RunCurves> = [("taid", 0.1), ("kl", 0.05)]
+            .iter()
+            .map(|(n, s)| read_run(&run(dir.path(), n, *s)).unwrap())
+            .collect();
+        assert_eq!(
+            (runs[0].loss.len(), runs[0].t.len(), runs[0].eval_kl.len()),
+            (20, 20, 4)
+        );
+        let svg = dir.path().join("p.svg");
+        plot(&runs, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        for label in [
+            "optimizer step",
+            "KL (nats/token)",
+            "training loss",
+            "taid",
+            "kl",
+        ] {
+            assert!(text.contains(label), "{label} missing from the SVG");
+        }
+        // 3 panels × 2 runs data lines, plus 3 × 2 legend strokes.
+        assert_eq!(
+            text.matches("<polyline").count(),
+            12,
+            "one line per run and panel, plus legends"
+        );
+        let png = dir.path().join("p.png");
+        plot(&runs, &png).unwrap();
+        assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    }
+
+    #[test]
+    fn bad_plot_requests_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_run(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(
+            err.contains("nope") && err.contains("metrics.jsonl"),
+            "{err}"
+        );
+        let r = read_run(&run(dir.path(), "a", 0.1)).unwrap();
+        let err = plot(&[r], &dir.path().join("x.jpg"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--out") && err.contains(".svg"), "{err}");
+    }
+}
