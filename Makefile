@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy
 
-.PHONY: all setup build test lint fmt bench doc clean
+.PHONY: all setup build test demo lint fmt bench check-cuda doc clean
 
 all: build
 
@@ -20,6 +20,12 @@ build:
 ## test: unit, integration and pyarrow tests
 test: setup
 	$(CARGO) test --locked
+
+## demo: the whole product on a generated corpus (tokenizer, teacher, cache, three students, plot) into demo-out/
+DEMO_OUT ?= demo-out
+demo:
+	rm -rf $(DEMO_OUT)
+	$(CARGO) run --release --locked -- demo --out $(DEMO_OUT)
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -263,12 +263,25 @@ mod tests {
         ] {
             assert!(text.contains(label), "{label} missing from the SVG");
         }
-        // 3 panels × 2 runs data lines, plus 3 × 2 legend strokes.
+        // 3 panels × 2 runs data lines (width 2), plus 3 × 2 legend strokes (width 3), in one
+        // color per run; the black polylines are axes and ticks.
+        let colored: Vec<&str> = text
+            .split("<polyline")
+            .skip(1)
+            .map(|p| &p[..p.find('>').unwrap_or(p.len())])
+            .filter(|p| !p.contains("stroke=\"#000000\""))
+            .collect();
+        let count = |needle: &str| colored.iter().filter(|p| p.contains(needle)).count();
         assert_eq!(
-            text.matches("<polyline").count(),
-            12,
+            (count("stroke-width=\"2\""), count("stroke-width=\"3\"")),
+            (6, 6),
             "one line per run and panel, plus legends"
         );
+        let colors: std::collections::BTreeSet<&str> = colored
+            .iter()
+            .filter_map(|p| p.split("stroke=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(colors.len(), 2, "one color per run: {colors:?}");
         let png = dir.path().join("p.png");
         plot(&runs, &png).unwrap();
         assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");

@@ -188,7 +188,18 @@ fn cli_args(s: &Setup, out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
+    // A flag in `extra` replaces the default's value; the others are appended.
+    let mut i = 0;
+    while i < extra.len() {
+        let flag = extra[i];
+        let value = extra.get(i + 1).filter(|v| !v.starts_with("--"));
+        match (a.iter().position(|x| x == flag), value) {
+            (Some(at), Some(v)) => a[at + 1] = v.to_string(),
+            (None, Some(v)) => a.extend([flag.to_string(), v.to_string()]),
+            (_, None) => a.push(flag.to_string()),
+        }
+        i += if value.is_some() { 2 } else { 1 };
+    }
     a
 }
 
@@ -260,7 +271,7 @@ fn run_killed_after_a_checkpoint_resumes_to_the_same_weights_and_metrics() {
     assert!(wa == wb, "final weights differ after resume");
 }
 
-fn fails(args: &[String], wanted: &[&str]) {
+fn fails(args: &[String], wanted: &[&str]) -> String {
     let o = run_cli(args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "expected failure: {args:?}");
@@ -273,6 +284,7 @@ fn fails(args: &[String], wanted: &[&str]) {
     for w in wanted {
         assert!(stderr.contains(w), "`{w}` not in {stderr}");
     }
+    stderr.into_owned()
 }
 
 #[test]
@@ -314,16 +326,25 @@ fn bad_distill_input_is_named() {
     std::fs::write(&shard, &bytes).unwrap();
     // A non-finite loss stops with a clear message naming the last good checkpoint, which stays.
     let nan = s.fx.path("nan");
-    fails(
+    let err = fails(
         &cli_args(
             &s,
             &nan,
             5,
             &["--lr", "1e30", "--max-grad-norm", "0", "--save-every", "1"],
         ),
-        &["not finite", "step-1"],
+        &["not finite", "the last good checkpoint is"],
     );
-    assert!(nan.join("checkpoints/step-1/model.safetensors").exists());
+    let kept = err
+        .trim()
+        .rsplit("the last good checkpoint is ")
+        .next()
+        .unwrap();
+    assert!(kept.contains("checkpoints/step-"), "{err}");
+    assert!(
+        Path::new(kept).join("model.safetensors").exists(),
+        "{kept} is gone"
+    );
     assert!(
         !nan.join("final").exists(),
         "no final model from a failed run"
