@@ -39,6 +39,19 @@ fmt:
 bench:
 	$(CARGO) bench --locked
 
+## check-cuda: compile the `cuda` feature without a GPU or a system CUDA toolkit, with nvcc from PyPI
+CUDA_VENV ?= target/cuda-venv
+CUDA_PIP := nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl
+check-cuda:
+	@test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	@$(CUDA_VENV)/bin/python -c "import nvidia.cu13" 2>/dev/null || \
+		$(CUDA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(CUDA_PIP)
+	@cuda=$$($(CUDA_VENV)/bin/python -c "import nvidia.cu13, os; print(list(nvidia.cu13.__path__)[0])") && \
+	echo "CUDA_HOME=$$cuda" && \
+	CUDA_HOME=$$cuda CUDA_PATH=$$cuda NVCC=$$cuda/bin/nvcc PATH=$$cuda/bin:$$PATH \
+	CUDARC_CUDA_VERSION=13040 CUDA_COMPUTE_CAP=90 \
+	$(CARGO) check --locked --features cuda --all-targets --target-dir target/cuda
+
 ## doc: API documentation
 doc:
 	$(CARGO) doc --no-deps --locked

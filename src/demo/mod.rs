@@ -138,13 +138,26 @@ pub fn run(out: &Path, cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoSummar
         &spec(cfg.teacher_layers, cfg.teacher_hidden, cfg.seed),
         &tokenizer,
     )?;
+    // The teacher's seeded init with its weights written out: `precompute --top-k 1` packs the
+    // corpus with it, and its CE training starts from it.
+    let init = crate::model::train::Student::from_dir(
+        &p("models/teacher-init"),
+        cfg.seed,
+        &candle_core::Device::Cpu,
+    )?;
+    let tok_path = p("models/teacher-init").join(crate::model::weights::TOKENIZER_FILE);
+    init.save_hf(
+        &p("models/teacher-init"),
+        candle_core::DType::F32,
+        Some(&tok_path),
+    )?;
     write_config_only(
         &p("models/student-init"),
         &spec(cfg.student_layers, cfg.student_hidden, cfg.seed + 1),
         &tokenizer,
     )?;
     say(w, format!(
-        "# models: teacher {} layers × hidden {}, student {} layers × hidden {} (Llama, config.json only: seeded random init)",
+        "# models: teacher {} layers × hidden {}, student {} layers × hidden {} (Llama, seeded random init)",
         cfg.teacher_layers, cfg.teacher_hidden, cfg.student_layers, cfg.student_hidden
     ))?;
 
