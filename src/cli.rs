@@ -231,6 +231,10 @@ pub struct DemoArgs {
     /// A JSON file overriding the demo's sizes (fields of `DemoConfig`), e.g. for a quick run.
     #[arg(long, value_name = "FILE")]
     pub sizes: Option<PathBuf>,
+    /// Also write the results into this Markdown file (between its `<!-- results -->` markers,
+    /// keeping the rest), with the plots copied beside it.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -291,7 +295,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                     })?
                 }
             };
-            crate::demo::run(&a.out, &cfg, out)?;
+            let command: Vec<String> = std::env::args().collect();
+            let summary = crate::demo::run(&a.out, &cfg, out)?;
+            if let Some(report) = &a.report {
+                crate::demo::write_report(report, &summary, &command.join(" "))?;
+                writeln!(out, "results written into {}", report.display())
+                    .map_err(|e| crate::Error::io(report, e))?;
+            }
         }
         Command::Merge(a) => {
             let m = crate::cache::merge::merge(&a.cache)?;

@@ -21,14 +21,21 @@ fn a_small_demo_runs_every_stage_and_reports_three_students() {
         &sizes,
         serde_json::json!({
             "train_docs": 300, "heldout_docs": 40, "vocab_size": 300, "seq_len": 32,
-            "teacher_layers": 2, "teacher_hidden": 64, "teacher_steps": 60, "teacher_lr": 3e-3,
-            "student_layers": 1, "student_hidden": 32, "student_steps": 40, "student_lr": 5e-3,
+            "teachers": [{"layers": 2, "hidden": 64}], "teacher_steps": 60, "teacher_lr": 3e-3,
+            "student": {"layers": 1, "hidden": 32}, "student_steps": 40, "student_lr": 5e-3,
             "batch_size": 8, "top_k": 16, "seed": 3
         })
         .to_string(),
     )
     .unwrap();
     let out = dir.path().join("demo");
+    let report = dir.path().join("docs/report.md");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    std::fs::write(
+        &report,
+        "# Report\n\n<!-- results: old -->\n<!-- /results -->\n\n## Discussion\nkept\n",
+    )
+    .unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
         .args([
             "demo",
@@ -37,6 +44,7 @@ fn a_small_demo_runs_every_stage_and_reports_three_students() {
             "--sizes",
             sizes.to_str().unwrap(),
         ])
+        .args(["--report", report.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -86,6 +94,17 @@ fn a_small_demo_runs_every_stage_and_reports_three_students() {
     }
     let svg = std::fs::read_to_string(out.join("students.svg")).unwrap();
     assert!(svg.contains("optimizer step") && svg.contains("taid") && svg.contains("ce"));
+    // The report: results between the markers, the discussion kept, the plot copied beside it.
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        text.starts_with("# Report\n") && text.contains("## Discussion\nkept"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| taid |") && text.contains("--sizes") && !text.contains("results: old"),
+        "{text}"
+    );
+    assert!(dir.path().join("docs/report/students.svg").exists());
     // The cache the students learned from verifies.
     let v = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
         .args(["verify", out.join("caches/train").to_str().unwrap()])

@@ -26,7 +26,23 @@ use crate::error::{Error, IoContext, Result};
 use crate::model::Architecture;
 use crate::testing::{write_tiny_model, TinySpec};
 
-/// Sizes of one demo run; [`DemoConfig::default`] is `make demo`, tests use a smaller one.
+/// A decoder's depth and width.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Size {
+    pub layers: usize,
+    pub hidden: usize,
+}
+
+impl Size {
+    /// The directory-name form, e.g. `L4-H256`.
+    pub fn name(&self) -> String {
+        format!("L{}-H{}", self.layers, self.hidden)
+    }
+}
+
+/// Sizes of one demo run; [`DemoConfig::default`] is `make demo`, tests use a smaller one and
+/// `make replicate` a larger one (`pipelines/replicate.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
@@ -34,12 +50,13 @@ pub struct DemoConfig {
     pub heldout_docs: usize,
     pub vocab_size: usize,
     pub seq_len: usize,
-    pub teacher_layers: usize,
-    pub teacher_hidden: usize,
+    /// One teacher per size, each trained with CE on the same corpus.
+    pub teachers: Vec<Size>,
     pub teacher_steps: u64,
     pub teacher_lr: f64,
-    pub student_layers: usize,
-    pub student_hidden: usize,
+    pub student: Size,
+    /// The objectives distilled from every teacher's cache, one student each.
+    pub objectives: Vec<String>,
     pub student_steps: u64,
     pub student_lr: f64,
     pub batch_size: usize,
@@ -54,12 +71,17 @@ impl Default for DemoConfig {
             heldout_docs: 200,
             vocab_size: 1024,
             seq_len: 128,
-            teacher_layers: 4,
-            teacher_hidden: 256,
+            teachers: vec![Size {
+                layers: 4,
+                hidden: 256,
+            }],
             teacher_steps: 300,
             teacher_lr: 2e-3,
-            student_layers: 2,
-            student_hidden: 96,
+            student: Size {
+                layers: 2,
+                hidden: 96,
+            },
+            objectives: ["taid", "kl", "ce"].map(String::from).to_vec(),
             student_steps: 300,
             student_lr: 3e-3,
             batch_size: 8,
@@ -72,25 +94,39 @@ impl Default for DemoConfig {
 /// One student's held-out result.
 #[derive(Clone, Debug, Serialize)]
 pub struct StudentResult {
+    pub teacher: String,
     pub objective: String,
     pub ce: f64,
     pub kl_teacher: f64,
 }
 
+/// One teacher's held-out cross-entropy after its CE training.
+#[derive(Clone, Debug, Serialize)]
+pub struct TeacherResult {
+    pub teacher: String,
+    pub parameters: usize,
+    pub ce: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoSummary {
     pub out: PathBuf,
+    pub teachers: Vec<TeacherResult>,
     pub students: Vec<StudentResult>,
-    pub plot: PathBuf,
+    /// One plot per teacher, of its students' runs.
+    pub plots: Vec<PathBuf>,
     pub elapsed_s: f64,
 }
-
-/// The objectives the demo compares.
-pub const STUDENTS: [&str; 3] = ["taid", "kl", "ce"];
 
 /// Run the demo into `out` (created; must be empty or absent).
 pub fn run(out: &Path, cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoSummary> {
     let started = Instant::now();
+    if cfg.teachers.is_empty() || cfg.objectives.is_empty() {
+        return Err(Error::flag(
+            "--sizes",
+            "`teachers` and `objectives` need at least one entry each",
+        ));
+    }
     if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
         return Err(Error::flag(
             "--out",
@@ -118,200 +154,207 @@ pub fn run(out: &Path, cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoSummar
         p("corpus").display()
     ))?;
 
-    // 3. The teacher: a random init, trained with next-token CE.
+    // 3. Models: seeded random inits (config.json; the teachers' weights are written out because
+    // precompute needs them to pack the corpus, and their CE training starts from them).
     let eos = crate::corpus::find_eos(&tokenizer).unwrap_or(0);
-    let spec = |layers: usize, hidden: usize, seed: u64| TinySpec {
+    let spec = |size: Size, seed: u64| TinySpec {
         vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: hidden * 8 / 3 / 32 * 32,
-        layers,
-        heads: (hidden / 32).max(1),
-        kv_heads: (hidden / 64).max(1),
+        hidden_size: size.hidden,
+        intermediate_size: size.hidden * 8 / 3 / 32 * 32,
+        layers: size.layers,
+        heads: (size.hidden / 32).max(1),
+        kv_heads: (size.hidden / 64).max(1),
         tie_word_embeddings: false,
         max_position_embeddings: cfg.seq_len.next_power_of_two(),
         eos_token_id: eos,
         seed,
         ..TinySpec::new(Architecture::Llama, vocab)
     };
-    write_config_only(
-        &p("models/teacher-init"),
-        &spec(cfg.teacher_layers, cfg.teacher_hidden, cfg.seed),
-        &tokenizer,
-    )?;
-    // The teacher's seeded init with its weights written out: `precompute --top-k 1` packs the
-    // corpus with it, and its CE training starts from it.
-    let init = crate::model::train::Student::from_dir(
-        &p("models/teacher-init"),
-        cfg.seed,
-        &candle_core::Device::Cpu,
-    )?;
-    let tok_path = p("models/teacher-init").join(crate::model::weights::TOKENIZER_FILE);
-    init.save_hf(
-        &p("models/teacher-init"),
-        candle_core::DType::F32,
-        Some(&tok_path),
-    )?;
-    write_config_only(
-        &p("models/student-init"),
-        &spec(cfg.student_layers, cfg.student_hidden, cfg.seed + 1),
-        &tokenizer,
-    )?;
-    say(w, format!(
-        "# models: teacher {} layers × hidden {}, student {} layers × hidden {} (Llama, seeded random init)",
-        cfg.teacher_layers, cfg.teacher_hidden, cfg.student_layers, cfg.student_hidden
-    ))?;
-
+    let single = cfg.teachers.len() == 1;
+    // Directory names: `teacher`, `train`, … for the demo's one teacher; suffixed by size otherwise.
+    let named = |base: &str, size: Size| {
+        if single {
+            base.to_string()
+        } else {
+            format!("{base}-{}", size.name())
+        }
+    };
     let d = |x: &Path| x.display().to_string();
     let seq = cfg.seq_len.to_string();
     let bs = cfg.batch_size.to_string();
-    command(
-        w,
-        &[
-            "precompute",
-            "--teacher",
-            &d(&p("models/teacher-init")),
-            "--corpus",
-            &d(&p("corpus/train.jsonl")),
-            "--out",
-            &d(&p("caches/tokens")),
-            "--top-k",
-            "1",
-            "--seq-len",
-            &seq,
-            "--batch-size",
-            &bs,
-        ],
-    )?;
-    command(
-        w,
-        &[
-            "distill",
-            "--cache",
-            &d(&p("caches/tokens")),
-            "--student",
-            &d(&p("models/teacher-init")),
-            "--out",
-            &d(&p("runs/teacher")),
-            "--objective",
-            "ce",
-            "--steps",
-            &cfg.teacher_steps.to_string(),
-            "--batch-size",
-            &bs,
-            "--lr",
-            &cfg.teacher_lr.to_string(),
-            "--warmup",
-            &(cfg.teacher_steps / 10).to_string(),
-            "--seed",
-            &cfg.seed.to_string(),
-        ],
-    )?;
-
-    // 4. The cache of the trained teacher.
-    let teacher = d(&p("runs/teacher/final"));
     let k = cfg.top_k.to_string();
-    command(
-        w,
-        &[
-            "precompute",
-            "--teacher",
-            &teacher,
-            "--corpus",
-            &d(&p("corpus/train.jsonl")),
-            "--out",
-            &d(&p("caches/train")),
-            "--top-k",
-            &k,
-            "--seq-len",
-            &seq,
-            "--batch-size",
-            &bs,
-        ],
+    write_config_only(
+        &p("models/student-init"),
+        &spec(cfg.student, cfg.seed + 1),
+        &tokenizer,
     )?;
-    command(
-        w,
-        &[
-            "precompute",
-            "--teacher",
-            &teacher,
-            "--corpus",
-            &d(&p("corpus/heldout.jsonl")),
-            "--out",
-            &d(&p("caches/heldout")),
-            "--top-k",
-            &k,
-            "--seq-len",
-            &seq,
-            "--batch-size",
-            &bs,
-        ],
-    )?;
-    command(w, &["inspect", &d(&p("caches/train"))])?;
-
-    // 5. Students.
+    let mut teachers = Vec::new();
     let mut students = Vec::new();
-    let mut runs = Vec::new();
-    for objective in STUDENTS {
-        let run = p(&format!("runs/{objective}"));
-        let steps = cfg.student_steps;
+    let mut plots = Vec::new();
+    for (ti, &size) in cfg.teachers.iter().enumerate() {
+        let init = p(&format!("models/{}", named("teacher-init", size)));
+        write_config_only(&init, &spec(size, cfg.seed), &tokenizer)?;
+        let student =
+            crate::model::train::Student::from_dir(&init, cfg.seed, &candle_core::Device::Cpu)?;
+        let parameters = student.params.iter().map(|(_, v)| v.elem_count()).sum();
+        student.save_hf(
+            &init,
+            candle_core::DType::F32,
+            Some(&init.join(crate::model::weights::TOKENIZER_FILE)),
+        )?;
+        say(w, format!(
+            "\n# teacher {}: {} layers × hidden {} ({parameters} parameters); student: {} layers × hidden {} (Llama, seeded random init)",
+            size.name(), size.layers, size.hidden, cfg.student.layers, cfg.student.hidden
+        ))?;
+        if ti == 0 {
+            // Token caches: the corpus packed into sequences (the teacher's top-1 is not used).
+            for (split, corpus) in [("tokens", "train"), ("tokens-heldout", "heldout")] {
+                command(
+                    w,
+                    &[
+                        "precompute",
+                        "--teacher",
+                        &d(&init),
+                        "--corpus",
+                        &d(&p(&format!("corpus/{corpus}.jsonl"))),
+                        "--out",
+                        &d(&p(&format!("caches/{split}"))),
+                        "--top-k",
+                        "1",
+                        "--seq-len",
+                        &seq,
+                        "--batch-size",
+                        &bs,
+                    ],
+                )?;
+            }
+        }
+        let teacher_run = p(&format!("runs/{}", named("teacher", size)));
         command(
             w,
             &[
                 "distill",
                 "--cache",
-                &d(&p("caches/train")),
+                &d(&p("caches/tokens")),
                 "--student",
-                &d(&p("models/student-init")),
+                &d(&init),
                 "--out",
-                &d(&run),
+                &d(&teacher_run),
                 "--objective",
-                objective,
+                "ce",
                 "--steps",
-                &steps.to_string(),
+                &cfg.teacher_steps.to_string(),
                 "--batch-size",
                 &bs,
                 "--lr",
-                &cfg.student_lr.to_string(),
+                &cfg.teacher_lr.to_string(),
                 "--warmup",
-                &(steps / 10).to_string(),
-                "--alpha",
-                "5e-3",
+                &(cfg.teacher_steps / 10).to_string(),
                 "--eval-cache",
-                &d(&p("caches/heldout")),
-                "--eval-every",
-                &(steps / 6).max(1).to_string(),
+                &d(&p("caches/tokens-heldout")),
                 "--seed",
                 &cfg.seed.to_string(),
             ],
         )?;
-        let last = last_eval(&run)?;
-        students.push(StudentResult {
-            objective: objective.to_string(),
-            ce: last.0,
-            kl_teacher: last.1,
+        teachers.push(TeacherResult {
+            teacher: size.name(),
+            parameters,
+            ce: last_eval(&teacher_run)?.0,
         });
-        runs.push(d(&run));
-    }
-    let plot = p("students.svg");
-    let mut args = vec!["plot"];
-    args.extend(runs.iter().map(String::as_str));
-    let plot_s = d(&plot);
-    args.extend(["--out", plot_s.as_str()]);
-    command(w, &args)?;
 
-    writeln!(
-        w,
-        "\n| student | held-out CE (nats/token) | held-out KL(teacher ‖ student) |"
-    )
-    .at(out)?;
-    writeln!(w, "|---|---|---|").at(out)?;
-    for s in &students {
-        writeln!(w, "| {} | {:.4} | {:.4} |", s.objective, s.ce, s.kl_teacher).at(out)?;
+        // 4. The cache of the trained teacher.
+        let teacher = d(&teacher_run.join("final"));
+        let train_cache = p(&format!("caches/{}", named("train", size)));
+        let heldout_cache = p(&format!("caches/{}", named("heldout", size)));
+        for (cache, corpus) in [(&train_cache, "train"), (&heldout_cache, "heldout")] {
+            command(
+                w,
+                &[
+                    "precompute",
+                    "--teacher",
+                    &teacher,
+                    "--corpus",
+                    &d(&p(&format!("corpus/{corpus}.jsonl"))),
+                    "--out",
+                    &d(cache),
+                    "--top-k",
+                    &k,
+                    "--seq-len",
+                    &seq,
+                    "--batch-size",
+                    &bs,
+                ],
+            )?;
+        }
+        command(w, &["inspect", &d(&train_cache)])?;
+
+        // 5. Students.
+        let mut runs = Vec::new();
+        for objective in &cfg.objectives {
+            let run = p(&format!(
+                "runs/{}",
+                if single {
+                    objective.clone()
+                } else {
+                    format!("{}/{objective}", size.name())
+                }
+            ));
+            let steps = cfg.student_steps;
+            command(
+                w,
+                &[
+                    "distill",
+                    "--cache",
+                    &d(&train_cache),
+                    "--student",
+                    &d(&p("models/student-init")),
+                    "--out",
+                    &d(&run),
+                    "--objective",
+                    objective,
+                    "--steps",
+                    &steps.to_string(),
+                    "--batch-size",
+                    &bs,
+                    "--lr",
+                    &cfg.student_lr.to_string(),
+                    "--warmup",
+                    &(steps / 10).to_string(),
+                    "--alpha",
+                    "5e-3",
+                    "--eval-cache",
+                    &d(&heldout_cache),
+                    "--eval-every",
+                    &(steps / 6).max(1).to_string(),
+                    "--seed",
+                    &cfg.seed.to_string(),
+                ],
+            )?;
+            let (ce, kl_teacher) = last_eval(&run)?;
+            students.push(StudentResult {
+                teacher: size.name(),
+                objective: objective.clone(),
+                ce,
+                kl_teacher,
+            });
+            runs.push(d(&run));
+        }
+        let plot = p(&format!("{}.svg", named("students", size)));
+        let mut args = vec!["plot"];
+        args.extend(runs.iter().map(String::as_str));
+        let plot_s = d(&plot);
+        args.extend(["--out", plot_s.as_str()]);
+        command(w, &args)?;
+        plots.push(plot);
     }
+
+    writeln!(w).at(out)?;
+    write_table(w, &teachers, &students).at(out)?;
     let summary = DemoSummary {
         out: out.to_path_buf(),
+        teachers,
         students,
-        plot,
+        plots,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     let json = p("summary.json");
@@ -320,15 +363,98 @@ pub fn run(out: &Path, cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoSummar
         serde_json::to_string_pretty(&summary).unwrap_or_default(),
     )
     .at(&json)?;
+    let shown: Vec<String> = summary.plots.iter().map(|x| d(x)).collect();
     writeln!(
         w,
-        "\ndemo finished in {:.0} s; results in {}, plot in {}",
+        "\ndemo finished in {:.0} s; results in {}, plots in {}",
         summary.elapsed_s,
         json.display(),
-        summary.plot.display()
+        shown.join(", ")
     )
     .at(out)?;
     Ok(summary)
+}
+
+/// The results as Markdown: teachers, then one row per student.
+pub fn write_table(
+    w: &mut dyn Write,
+    teachers: &[TeacherResult],
+    students: &[StudentResult],
+) -> std::io::Result<()> {
+    writeln!(w, "| teacher | parameters | teacher held-out CE |")?;
+    writeln!(w, "|---|---|---|")?;
+    for t in teachers {
+        writeln!(w, "| {} | {} | {:.4} |", t.teacher, t.parameters, t.ce)?;
+    }
+    writeln!(
+        w,
+        "\n| teacher | student | held-out CE (nats/token) | held-out KL(teacher ‖ student) |"
+    )?;
+    writeln!(w, "|---|---|---|---|")?;
+    for s in students {
+        writeln!(
+            w,
+            "| {} | {} | {:.4} | {:.4} |",
+            s.teacher, s.objective, s.ce, s.kl_teacher
+        )?;
+    }
+    Ok(())
+}
+
+/// Markers of the generated part of a report.
+pub const REPORT_BEGIN: &str =
+    "<!-- results: written by `taidcache demo --report`; edit outside the markers -->";
+pub const REPORT_END: &str = "<!-- /results -->";
+
+/// Write the results of a run into `report` between [`REPORT_BEGIN`] and [`REPORT_END`] (the
+/// rest of the file, e.g. a discussion, is kept; a new file gets only the results), and copy
+/// the plots into `<report stem>/` beside it.
+pub fn write_report(report: &Path, summary: &DemoSummary, command: &str) -> Result<()> {
+    let dir = report
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = report
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("report");
+    let figures = dir.join(stem);
+    std::fs::create_dir_all(&figures).at(&figures)?;
+    let mut body = Vec::new();
+    writeln!(body, "{REPORT_BEGIN}\n").at(report)?;
+    writeln!(
+        body,
+        "Command: `{command}` ({:.0} s on {} cores).\n",
+        summary.elapsed_s,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )
+    .at(report)?;
+    write_table(&mut body, &summary.teachers, &summary.students).at(report)?;
+    writeln!(body).at(report)?;
+    for plot in &summary.plots {
+        let name = plot
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("plot.svg");
+        std::fs::copy(plot, figures.join(name)).at(plot)?;
+        writeln!(body, "![{name}]({stem}/{name})\n").at(report)?;
+    }
+    writeln!(body, "{REPORT_END}").at(report)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let text = match std::fs::read_to_string(report) {
+        Ok(old) => match (old.find("<!-- results"), old.find(REPORT_END)) {
+            (Some(a), Some(b)) if a < b => format!(
+                "{}{body}{}",
+                &old[..a],
+                &old[b + REPORT_END.len()..].trim_start_matches('\n')
+            ),
+            _ => format!("{old}\n{body}"),
+        },
+        Err(_) => body,
+    };
+    let tmp = report.with_extension("md.tmp");
+    std::fs::write(&tmp, text).at(&tmp)?;
+    std::fs::rename(&tmp, report).at(report)
 }
 
 /// Print a subcommand as a user would type it, then run it through the real CLI.
