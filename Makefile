@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy
 
-.PHONY: all setup build test demo lint fmt bench check-cuda doc clean
+.PHONY: all setup build test demo replicate lint fmt bench check-cuda doc clean
 
 all: build
 
@@ -26,6 +26,11 @@ DEMO_OUT ?= demo-out
 demo:
 	rm -rf $(DEMO_OUT)
 	$(CARGO) run --release --locked -- demo --out $(DEMO_OUT)
+
+## replicate: the paper's teacher-size comparison in miniature (3 teachers × taid/kl/rkl/ce students) into docs/replication.md
+replicate:
+	rm -rf replicate-out
+	$(CARGO) run --release --locked -- demo --out replicate-out --sizes pipelines/replicate.json --report docs/replication.md
 
 ## lint: formatting and clippy, warnings are errors
 lint:

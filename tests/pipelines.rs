@@ -118,3 +118,32 @@ fn slurm_script_is_valid_bash_and_runs_workers_and_merge() {
         );
     }
 }
+
+/// The demo-size files (`taidcache demo --sizes FILE`, e.g. `make replicate`'s) parse into
+/// the demo's sizes, with at least one teacher and one objective each.
+#[test]
+fn every_demo_sizes_file_parses() {
+    let files = pipeline_files("json");
+    assert!(
+        files.iter().any(|p| p.ends_with("replicate.json")),
+        "pipelines/replicate.json missing"
+    );
+    for path in files {
+        let cfg: taidcache::demo::DemoConfig =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            !cfg.teachers.is_empty() && !cfg.objectives.is_empty(),
+            "{}",
+            path.display()
+        );
+        for o in &cfg.objectives {
+            assert!(
+                <taidcache::distill::objectives::Objective as clap::ValueEnum>::from_str(o, false)
+                    .is_ok(),
+                "{}: unknown objective {o}",
+                path.display()
+            );
+        }
+    }
+}
