@@ -2,7 +2,7 @@
 
 PYTHON ?= python3
 CARGO ?= cargo
-PY_DEPS := pyarrow jsonschema numpy
+PY_DEPS := pyarrow jsonschema numpy duckdb
 
 .PHONY: all setup build test demo replicate lint fmt bench check-cuda doc clean
 
@@ -10,7 +10,7 @@ all: build
 
 ## setup: install the Python packages the test suite reads shards with (pyarrow, jsonschema, numpy)
 setup:
-	@$(PYTHON) -c "import pyarrow, jsonschema, numpy" 2>/dev/null || \
+	@$(PYTHON) -c "import pyarrow, jsonschema, numpy, duckdb" 2>/dev/null || \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check $(PY_DEPS)
 
 ## build: the taidcache binary (release)

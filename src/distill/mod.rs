@@ -371,6 +371,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         trainer::truncate_metrics(&metrics, *n)?;
         writeln!(out, "{}: resuming from step {n}", run_dir.display()).at(run_dir)?;
     }
+    let start_tokens = state.tokens;
     let lr = LrSchedule {
         base_lr: opts.lr,
         warmup_steps: opts.warmup,
@@ -518,7 +519,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     };
     writeln!(
         out,
-        "{}: {} steps, final loss {:.4}, t {:.3}{}; student in {}",
+        "{}: {} steps, final loss {:.4}, t {:.3}{}; {:.0} tokens/s, {:.2}% of the time waiting for data; student in {}",
         run_dir.display(),
         summary.steps,
         summary.final_loss,
@@ -527,6 +528,8 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
             Some(e) => format!(", eval ce {:.4} kl {:.4}", e.ce, e.kl_teacher),
             None => String::new(),
         },
+        (summary.tokens - start_tokens) as f64 / summary.elapsed_s.max(1e-9),
+        100.0 * summary.data_wait_share,
         final_dir.display()
     )
     .at(run_dir)?;

@@ -295,8 +295,9 @@ fn position<T: Real>(
         if let Some(g) = grad {
             match label {
                 Some(y) => {
+                    let lt: T = T::from(l).unwrap_or(T::nan());
                     for (gy, &sy) in g.iter_mut().zip(s) {
-                        *gy = T::from(((f(sy) - l).exp()).min(1.0)).unwrap_or(T::nan());
+                        *gy = (sy - lt).exp();
                     }
                     g[y as usize] = g[y as usize] - T::one();
                 }
