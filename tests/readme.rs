@@ -72,7 +72,21 @@ fn scaled(mut args: Vec<String>) -> Vec<String> {
     }
     // A pipeline config is written for production: run it small and on the CPU.
     if args.iter().any(|a| a == "--config") {
-        args.extend(["--device", "cpu", "--dtype", "f32", "--seq-len", "16", "--top-k", "8", "--batch-size", "4"].map(String::from));
+        args.extend(
+            [
+                "--device",
+                "cpu",
+                "--dtype",
+                "f32",
+                "--seq-len",
+                "16",
+                "--top-k",
+                "8",
+                "--batch-size",
+                "4",
+            ]
+            .map(String::from),
+        );
     }
     args
 }
@@ -81,7 +95,11 @@ fn scaled(mut args: Vec<String>) -> Vec<String> {
 fn every_readme_command_runs_as_written() {
     let text = readme();
     let cmds = commands(&text);
-    assert!(cmds.len() >= 8, "found only {} commands in README.md", cmds.len());
+    assert!(
+        cmds.len() >= 8,
+        "found only {} commands in README.md",
+        cmds.len()
+    );
     let fx = Fixture::new(Architecture::Llama, 60);
     let work = fx.path("work");
     let link = |from: &Path, to: &str| {
@@ -94,7 +112,10 @@ fn every_readme_command_runs_as_written() {
     }
     link(&fx.corpus, "data/train.jsonl");
     link(&fx.corpus, "data/train/part-0.jsonl");
-    link(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"), "pipelines");
+    link(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"),
+        "pipelines",
+    );
     let student = fx.path("student");
     let tok = taidcache::corpus::load_tokenizer(&fx.teacher.join("tokenizer.json")).unwrap();
     let mut spec = taidcache::testing::TinySpec::new(Architecture::Qwen2, 320);
@@ -106,27 +127,57 @@ fn every_readme_command_runs_as_written() {
 
     for args in cmds {
         let args = scaled(args);
-        let o = Command::new(env!("CARGO_BIN_EXE_taidcache")).args(&args).current_dir(&work).output().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_taidcache"))
+            .args(&args)
+            .current_dir(&work)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
         if args.iter().any(|a| a.starts_with("cuda")) {
-            assert!(!o.status.success(), "taidcache {}: a GPU command succeeded in a CPU build", args.join(" "));
+            assert!(
+                !o.status.success(),
+                "taidcache {}: a GPU command succeeded in a CPU build",
+                args.join(" ")
+            );
             assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-            assert!(stderr.contains("--device") && stderr.contains("--features cuda"), "{stderr}");
+            assert!(
+                stderr.contains("--device") && stderr.contains("--features cuda"),
+                "{stderr}"
+            );
         } else {
-            assert!(o.status.success(), "taidcache {} failed:\n{stderr}", args.join(" "));
-            assert!(!o.stdout.is_empty(), "taidcache {}: no output", args.join(" "));
+            assert!(
+                o.status.success(),
+                "taidcache {} failed:\n{stderr}",
+                args.join(" ")
+            );
+            assert!(
+                !o.stdout.is_empty(),
+                "taidcache {}: no output",
+                args.join(" ")
+            );
         }
     }
     assert!(work.join("students.svg").exists());
 
     // The snippets, on the cache the commands made.
     let cache = work.join("caches/qwen2-top50");
-    let python = blocks(&text, "python").concat().replace("CACHE", cache.to_str().unwrap());
-    let sql = blocks(&text, "sql").concat().replace("CACHE", cache.to_str().unwrap());
+    let python = blocks(&text, "python")
+        .concat()
+        .replace("CACHE", cache.to_str().unwrap());
+    let sql = blocks(&text, "sql")
+        .concat()
+        .replace("CACHE", cache.to_str().unwrap());
     let duck = format!("import duckdb\nrows = duckdb.sql({sql:?}).fetchall()\nassert len(rows) >= 1, rows\nprint(rows)\n");
     for script in [python, duck] {
-        let o = Command::new("python3").args(["-c", &script]).output().unwrap();
-        assert!(o.status.success(), "{script}\n{}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(!o.stdout.is_empty());
     }
 }

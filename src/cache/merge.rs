@@ -17,6 +17,21 @@ use crate::error::{Error, IoContext, Result};
 /// `CACHE/manifest.json` (worker: None, complete: true) atomically; return it.
 pub fn merge(cache: &Path) -> Result<Manifest> {
     let dir = cache.join(WORKER_MANIFESTS_DIR);
+    if !dir.exists() {
+        // A single-process cache (or one whose workers were merged and cleaned up) is already
+        // one manifest: nothing to do when it is complete.
+        let main = cache.join(super::MANIFEST_FILE);
+        if main.exists() {
+            let m = super::manifest::Manifest::load(&main)?;
+            if m.complete {
+                return Ok(m);
+            }
+        }
+        return Err(Error::cache(
+            &dir,
+            "no worker manifests: run `taidcache precompute ... --worker I --workers N` into this cache first",
+        ));
+    }
     let mut found: Vec<(usize, usize, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(&dir).at(&dir)? {
         let entry = entry.at(&dir)?;
