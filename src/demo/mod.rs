@@ -496,8 +496,7 @@ fn last_eval(run: &Path) -> Result<(f64, f64)> {
     let text = std::fs::read_to_string(&path).at(&path)?;
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["split"] == "eval")
-        .last()
+        .rfind(|v| v["split"] == "eval")
         .and_then(|v| Some((v["ce"].as_f64()?, v["kl_teacher"].as_f64()?)))
         .ok_or_else(|| Error::field(&path, "split", "the run has no eval line"))
 }

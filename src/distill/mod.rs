@@ -484,7 +484,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
             state.tokens as f64 / run_started.elapsed().as_secs_f64().max(1e-9)
         ));
 
-        let eval_now = opts.eval_every > 0 && state.step % opts.eval_every == 0;
+        let eval_now = opts.eval_every > 0 && state.step.is_multiple_of(opts.eval_every);
         if let (true, Some((cache, m, shards))) =
             (eval_now || state.step == total_steps, &eval_source)
         {
@@ -495,7 +495,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
             )?;
             eval = Some(e);
         }
-        if opts.save_every > 0 && state.step % opts.save_every == 0 {
+        if opts.save_every > 0 && state.step.is_multiple_of(opts.save_every) {
             trainer::save_checkpoint(run_dir, &student, &opt, &state, tokenizer.as_deref())?;
             last_good = Some(state.step);
         }

@@ -521,8 +521,8 @@ fn generic<T: Real>(
         }
     };
     for_each_tail_range(sorted, s.len(), |lo, hi| {
-        for y in lo..hi {
-            let lp = rule.map_or(f64::NEG_INFINITY, |r| r.a + r.b * f(s[y]));
+        for (y, &sy) in s.iter().enumerate().take(hi).skip(lo) {
+            let lp = rule.map_or(f64::NEG_INFINITY, |r| r.a + r.b * f(sy));
             visit(y, lp, &mut grad);
         }
     });

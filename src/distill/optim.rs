@@ -258,7 +258,7 @@ mod tests {
         .into_iter()
         .map(|(n, shape)| {
             let len: usize = shape.iter().product();
-            let data: Vec<f32> = (0..len).map(|_| rng.sample() as f32).collect();
+            let data: Vec<f32> = (0..len).map(|_| rng.sample()).collect();
             (
                 n.to_string(),
                 Var::from_vec(data, shape, &Device::Cpu).unwrap(),

@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn tail_ranges_cover_exactly_the_ids_not_in_k() {
-        let mut seen = vec![false; 20];
+        let mut seen = [false; 20];
         for_each_tail_range(&[0, 3, 4, 9, 19], 20, |lo, hi| {
             seen[lo..hi].iter_mut().for_each(|x| *x = true)
         });
