@@ -36,26 +36,12 @@ pub struct TrainerState {
     pub cursor: Cursor,
 }
 
-/// Sums over one optimizer step (all micro-batches).
-#[derive(Default, Clone, Copy, Debug)]
-pub struct StepStats {
-    pub loss_sum: f64,
-    /// Σ −Σ_y p_t(y) log q(y): TAID's cross-entropy form, the `adaptive_signal = "ce"` input.
-    pub target_xent_sum: f64,
-    pub ce_sum: f64,
-    pub kl_sum: f64,
-    pub positions: usize,
-    pub ce_positions: usize,
-}
+/// Sums over one optimizer step (all micro-batches): the objectives' own sums.
+pub type StepStats = LossOutput;
 
 impl StepStats {
     pub fn add(&mut self, o: &LossOutput) {
-        self.loss_sum += o.loss_sum;
-        self.target_xent_sum += o.target_xent_sum;
-        self.ce_sum += o.ce_sum;
-        self.kl_sum += o.kl_sum;
-        self.positions += o.positions;
-        self.ce_positions += o.ce_positions;
+        *self += *o;
     }
 
     /// The token-weighted mean of the optimized loss.
