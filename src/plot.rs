@@ -62,7 +62,11 @@ pub fn read_run(run: &Path) -> Result<RunCurves> {
             if let Some(loss) = v["loss"].as_f64() {
                 c.loss.push((step, loss));
             }
-            if let Some(t) = v["t"].as_f64() {
+            // t only means something for TAID; other objectives log the schedule they ignore.
+            let taid = v["objective"]
+                .as_str()
+                .is_none_or(|o| o.starts_with("taid"));
+            if let (Some(t), true) = (v["t"].as_f64(), taid) {
                 c.t.push((step, t));
             }
         }
@@ -285,6 +289,27 @@ mod tests {
         let png = dir.path().join("p.png");
         plot(&runs, &png).unwrap();
         assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    }
+
+    #[test]
+    fn t_is_drawn_for_taid_runs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs = Vec::new();
+        for objective in ["taid", "taid-linear", "kl"] {
+            let run = dir.path().join(objective);
+            std::fs::create_dir_all(&run).unwrap();
+            let lines: String = (1..=3)
+                .map(|s| {
+                    format!(
+                        "{{\"step\":{s},\"objective\":\"{objective}\",\"loss\":1.0,\"t\":0.5}}\n"
+                    )
+                })
+                .collect();
+            std::fs::write(run.join("metrics.jsonl"), lines).unwrap();
+            runs.push(read_run(&run).unwrap());
+        }
+        let counts: Vec<(usize, usize)> = runs.iter().map(|r| (r.loss.len(), r.t.len())).collect();
+        assert_eq!(counts, [(3, 3), (3, 3), (3, 0)]);
     }
 
     #[test]

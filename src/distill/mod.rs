@@ -469,6 +469,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         last = stats;
         let line = serde_json::json!({
             "step": state.step,
+            "objective": opts.objective,
             "loss": loss,
             "t": t,
             "lr": rate,
