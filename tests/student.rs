@@ -15,6 +15,17 @@ fn tiny_student(arch: taidcache::model::Architecture, dir: &std::path::Path) -> 
     Student::from_dir(dir, 0, &Device::Cpu).unwrap()
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn ids() -> Tensor {
     let ids: Vec<u32> = (0..2 * 12).map(|i| (i * 37 % 96) as u32).collect();
     Tensor::from_vec(ids, (2, 12), &Device::Cpu).unwrap()
@@ -84,14 +95,7 @@ fn saved_student_reloads_with_identical_logits_in_the_hf_layout() {
             .unwrap()
             .forward(&ids(), Mode::Infer)
             .unwrap();
-        let d = (before - after)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&before, &after);
         assert_eq!(d, 0.0, "{arch:?}: reloaded logits differ by {d}");
         // Exactly the HF tensor names and shapes, f32, nothing else.
         let (_, shapes) = read_header(&out.join("model.safetensors")).unwrap();
@@ -228,14 +232,7 @@ fn a_saved_student_has_the_layout_transformers_wrote() {
             .unwrap()
             .forward(&ids(), Mode::Infer)
             .unwrap();
-        let d = (before - after)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&before, &after);
         assert_eq!(d, 0.0, "{name}: logits differ by {d} after a save");
     }
 }
