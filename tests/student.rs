@@ -136,18 +136,11 @@ fn config_only_directory_gives_a_seeded_random_student() {
     let la = a.model.forward(&ids(), Mode::Infer).unwrap();
     let lb = b.model.forward(&ids(), Mode::Infer).unwrap();
     let lc = c.model.forward(&ids(), Mode::Infer).unwrap();
-    let diff = |x: &Tensor, y: &Tensor| {
-        (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(diff(&la, &lb), 0.0, "same seed, same student");
-    assert!(diff(&la, &lc) > 1e-4, "another seed, another student");
+    assert_eq!(max_abs_diff(&la, &lb), 0.0, "same seed, same student");
+    assert!(
+        max_abs_diff(&la, &lc) > 1e-4,
+        "another seed, another student"
+    );
 }
 
 /// Every tensor (name, shape, dtype) of what `transformers.save_pretrained` wrote, over all the

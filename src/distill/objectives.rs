@@ -278,7 +278,7 @@ fn position<T: Real>(
     let l = stats.lse;
 
     let teacher_rule = build_target(cfg.tail, 1.0, s, &rec, &stats, &mut sc.teacher);
-    let kl = closed_kl(s, &rec, &sc.teacher, teacher_rule, &stats);
+    let (kl, teacher_xent) = closed_kl_xent(s, &rec, &sc.teacher, teacher_rule, &stats);
     let label = c.labels[i].filter(|&y| (y as usize) < v);
     let ce = label.map(|y| l - f(s[y as usize]));
     let mut out = LossOutput {
@@ -320,15 +320,14 @@ fn position<T: Real>(
     };
     let fast = allow_fast && cfg.objective.is_forward_kl() && rule.is_none_or(|r| r.b == 1.0);
     let (loss, xent) = if fast {
-        let loss = if cfg.objective == Objective::Kl {
-            kl
-        } else {
-            closed_kl(s, &rec, &sc.target, rule, &stats)
-        };
         if let Some(g) = grad.as_deref_mut() {
             forward_kl_grad(s, &rec, &sc.target, rule, &stats, &sc.sorted, w, g);
         }
-        (loss, closed_xent(s, &rec, &sc.target, rule, &stats))
+        if cfg.objective.is_taid() {
+            closed_kl_xent(s, &rec, &sc.target, rule, &stats)
+        } else {
+            (kl, teacher_xent)
+        }
     } else {
         generic(
             cfg,
@@ -351,53 +350,43 @@ fn position<T: Real>(
     out
 }
 
-/// KL(p ‖ q) of a target whose tail rule has b ∈ {0, 1} (or no tail), in O(k).
-fn closed_kl<T: Real>(
+/// `(KL(p ‖ q), −Σ p log q)` of a target whose tail rule has b ∈ {0, 1} (or no tail), in one
+/// O(k) pass over the record plus the row statistics.
+fn closed_kl_xent<T: Real>(
     s: &[T],
     rec: &Record<'_, T>,
     on_k: &[f64],
     rule: Option<TailRule>,
     st: &RowStats,
-) -> f64 {
+) -> (f64, f64) {
     let l = st.lse;
-    let mut kl = 0.0;
+    let (mut kl, mut xent) = (0.0, 0.0);
     for (&id, &lp) in rec.ids.iter().zip(on_k) {
         if lp > f64::NEG_INFINITY {
-            kl += lp.exp() * (lp - (f(s[id as usize]) - l));
+            let (p, lq) = (lp.exp(), f(s[id as usize]) - l);
+            kl += p * (lp - lq);
+            xent -= p * lq;
         }
     }
     match rule {
-        None => kl,
-        // log p − log q = a + s_y − (s_y − L) on every tail id.
-        Some(r) if r.b == 1.0 => kl + (r.a + st.tail_lse).exp() * (r.a + l),
+        None => (kl, xent),
+        // log p − log q = a + s_y − (s_y − L) on every tail id; Σ p_y·s_y = e^{a+max}·Σ e^{s_y−max}·s_y.
+        Some(r) if r.b == 1.0 => {
+            let p_tail = (r.a + st.tail_lse).exp();
+            (
+                kl + p_tail * (r.a + l),
+                xent + l * p_tail - (r.a + st.max).exp() * st.tail_sum_es,
+            )
+        }
         // p_y = e^a on every tail id.
         Some(r) if r.b == 0.0 => {
-            kl + r.a.exp() * (st.tail_count as f64 * (r.a + l) - st.tail_sum_s)
+            let (n, pa) = (st.tail_count as f64, r.a.exp());
+            (
+                kl + pa * (n * (r.a + l) - st.tail_sum_s),
+                xent + pa * (n * l - st.tail_sum_s),
+            )
         }
-        Some(_) => f64::NAN,
-    }
-}
-
-/// −Σ p log q of a target whose tail rule has b ∈ {0, 1} (or no tail), in O(k).
-fn closed_xent<T: Real>(
-    s: &[T],
-    rec: &Record<'_, T>,
-    on_k: &[f64],
-    rule: Option<TailRule>,
-    st: &RowStats,
-) -> f64 {
-    let l = st.lse;
-    let mut x = 0.0;
-    for (&id, &lp) in rec.ids.iter().zip(on_k) {
-        x += lp.exp() * (l - f(s[id as usize]));
-    }
-    match rule {
-        None => x,
-        Some(r) if r.b == 1.0 => {
-            x + l * (r.a + st.tail_lse).exp() - (r.a + st.max).exp() * st.tail_sum_es
-        }
-        Some(r) if r.b == 0.0 => x + r.a.exp() * (st.tail_count as f64 * l - st.tail_sum_s),
-        Some(_) => f64::NAN,
+        Some(_) => (f64::NAN, f64::NAN),
     }
 }
 
