@@ -1,24 +1,51 @@
-//! Top-k extraction: taidcache's two-pass selection against a full sort of every row, both
-//! parallel over rows with rayon, on LLM-like logits. Throughput in positions (rows).
+//! Top-k extraction at k = 50 on LLM-like logits, parallel over rows with rayon; throughput in
+//! positions (rows). Three functions on the same rows:
+//!
+//! - `select`: taidcache's one-pass selection with normalizer and tail mass;
+//! - `max_pass`: a maximum over every row, the fastest pass that reads the same bytes (the
+//!   memory-bandwidth floor the selection is held against);
+//! - `full_sort`: the simple reference (full log-softmax and a sort of every row).
+//!
+//! The 151,936-vocabulary rows are also written to `target/bench-data/topk/` for the numpy peer
+//! (`benches/peers/topk_numpy.py`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
-use taidcache::precompute::topk::{topk_row_by_sort, topk_rows};
+use taidcache::precompute::topk::{row_max, topk_row_by_sort, topk_rows};
 use taidcache::testing::llm_like_logits;
 
 const ROWS: usize = 256;
 const K: usize = 50;
+
+fn write_for_peers(vocab: usize, logits: &[f32]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data/topk");
+    std::fs::create_dir_all(&dir).expect("creating target/bench-data/topk");
+    let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(dir.join(format!("logits_{vocab}.f32")), bytes).expect("writing peer logits");
+}
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("topk");
     group.sample_size(10);
     for vocab in [32_000usize, 151_936] {
         let logits = llm_like_logits(ROWS, vocab, 1);
+        if vocab == 151_936 {
+            write_for_peers(vocab, &logits);
+        }
         group.throughput(Throughput::Elements(ROWS as u64));
         let (mut ids, mut lp, mut tail) =
             (vec![0u32; ROWS * K], vec![0f32; ROWS * K], vec![0f32; ROWS]);
         group.bench_with_input(BenchmarkId::new("select", vocab), &logits, |b, logits| {
             b.iter(|| topk_rows(logits, vocab, K, &mut ids, &mut lp, &mut tail).unwrap())
+        });
+        let mut maxima = vec![0f32; ROWS];
+        group.bench_with_input(BenchmarkId::new("max_pass", vocab), &logits, |b, logits| {
+            b.iter(|| {
+                logits
+                    .par_chunks(vocab)
+                    .zip(maxima.par_iter_mut())
+                    .for_each(|(row, m)| *m = row_max(row))
+            })
         });
         group.bench_with_input(
             BenchmarkId::new("full_sort", vocab),
