@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb
 
-.PHONY: all setup build test demo replicate lint fmt bench check-cuda doc clean
+.PHONY: all setup build test demo replicate lint fmt bench bench-report check-cuda doc clean
 
 all: build
 
@@ -40,9 +40,30 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-## bench: criterion benchmarks (release)
-bench:
-	$(CARGO) bench --locked
+## bench: every benchmark (short criterion times), the numpy/pyarrow peers, then one table
+## (also in target/bench-results/table.md). `make bench BENCHES="loader optim"` runs a subset.
+BENCHES ?= topk precompute shard_write storage loader optim objectives memory
+BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+bench: setup
+	@set -e; for b in $(BENCHES); do \
+		echo "== $(CARGO) bench --locked --bench $$b -- $(BENCH_ARGS)"; \
+		$(CARGO) bench --locked --bench $$b -- $(BENCH_ARGS); \
+	done
+ifneq ($(filter topk,$(BENCHES)),)
+	@# ours at one thread, for the row against the (single-threaded) numpy peer
+	RAYON_NUM_THREADS=1 CRITERION_HOME=$(abspath $(TARGET_DIR))/criterion-1thread \
+		$(CARGO) bench --locked --bench topk -- $(BENCH_ARGS) '^topk/select/151936$$'
+	$(PYTHON) benches/peers/topk_numpy.py
+endif
+ifneq ($(filter loader,$(BENCHES)),)
+	$(PYTHON) benches/peers/loader_pyarrow.py
+endif
+	@$(PYTHON) benches/report.py
+
+## bench-report: print the table from the results already in target/ (no runs)
+bench-report:
+	@$(PYTHON) benches/report.py
 
 ## check-cuda: compile the `cuda` feature without a GPU or a system CUDA toolkit, with nvcc from PyPI
 CUDA_VENV ?= target/cuda-venv

@@ -2,7 +2,12 @@
 //! vocab 32,000, LLM-like top-k records) decoded into shuffled training batches.
 //!
 //! Baseline in the same run: decoding every row group straight into one reused buffer with
-//! `ShardReader::read_row_group_into` (no shuffling, no batch assembly, no thread hand-off).
+//! `ShardReader::read_row_group_into` (no shuffling, no batch assembly, no thread hand-off),
+//! one row group at a time on the bench thread: single-threaded decoding, the figure
+//! `benches/peers/loader_pyarrow.py` is compared with.
+//!
+//! The shards are written to `target/bench-data/loader/shards/` (deleted and rewritten on every
+//! run), so that the pyarrow peer reads the very same files.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use taidcache::cache::manifest::Manifest;
@@ -48,11 +53,23 @@ fn cache(dir: &std::path::Path) -> Manifest {
     m
 }
 
+/// `target/bench-data/loader` (under `CARGO_TARGET_DIR` when set), emptied.
+fn bench_dir() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |t| root.join(t));
+    let dir = target.join("bench-data").join("loader");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let m = cache(dir.path());
+    let dir = bench_dir();
+    let m = cache(&dir);
     let tokens = (SHARDS * ROWS * SEQ_LEN) as u64;
-    let (units, _) = split_units(dir.path(), &m, 0.0).unwrap();
+    let (units, _) = split_units(&dir, &m, 0.0).unwrap();
     let mut group = c.benchmark_group("loader");
     group.sample_size(10);
     group.throughput(Throughput::Elements(tokens));
@@ -60,7 +77,7 @@ fn bench(c: &mut Criterion) {
     let readers: Vec<ShardReader> = m
         .shards
         .iter()
-        .map(|e| ShardReader::open(&dir.path().join(&e.path)).unwrap())
+        .map(|e| ShardReader::open(&dir.join(&e.path)).unwrap())
         .collect();
     let mut buf = ShardBatch::new(SEQ_LEN, K);
     group.bench_function("read_row_group_into", |b| {
@@ -82,8 +99,7 @@ fn bench(c: &mut Criterion) {
                     opts.threads = threads;
                     opts.repeat = false;
                     opts.verify = false;
-                    let mut l =
-                        Loader::new(dir.path(), &m, &units, opts, Cursor::default()).unwrap();
+                    let mut l = Loader::new(&dir, &m, &units, opts, Cursor::default()).unwrap();
                     while let Some(batch) = l.next_batch() {
                         l.recycle(batch.unwrap().data);
                     }

@@ -3,6 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use taidcache::cache::writer::{default_row_group_rows, write_shard_atomic, WriteOptions};
+use taidcache::cache::Encoding;
 use taidcache::testing::llm_like_batch;
 
 const SEQ_LEN: usize = 1024;
@@ -16,23 +17,33 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("shard_write");
     group.sample_size(10);
     group.throughput(Throughput::Elements((ROWS * SEQ_LEN) as u64));
-    for level in [1, 3, 9] {
+    for (encoding, level) in [
+        (Encoding::Plain, 1),
+        (Encoding::Plain, 3),
+        (Encoding::Plain, 9),
+        (Encoding::Compact, 3),
+    ] {
         let opts = WriteOptions {
             zstd_level: level,
             row_group_rows: default_row_group_rows(SEQ_LEN, K),
             metadata: Vec::new(),
+            encoding,
         };
-        let path = dir.path().join(format!("level-{level}.parquet"));
+        let name = match encoding {
+            Encoding::Plain => "zstd",
+            Encoding::Compact => "compact-zstd",
+        };
+        let path = dir.path().join(format!("{name}-{level}.parquet"));
         let entry = write_shard_atomic(&path, &b, &opts).unwrap();
         let tokens = (ROWS * SEQ_LEN) as f64;
         let raw = tokens * (K * 6 + 9) as f64;
         eprintln!(
-            "shard_write zstd {level}: {:.1} bytes/token (raw {:.1}, ratio {:.2})",
+            "shard_write {name} {level}: {:.1} bytes/token (raw {:.1}, ratio {:.2})",
             entry.bytes as f64 / tokens,
             raw / tokens,
             raw / entry.bytes as f64
         );
-        group.bench_with_input(BenchmarkId::new("zstd", level), &b, |bench, b| {
+        group.bench_with_input(BenchmarkId::new(name, level), &b, |bench, b| {
             bench.iter(|| write_shard_atomic(&path, b, &opts).unwrap())
         });
     }

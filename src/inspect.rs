@@ -6,16 +6,12 @@
 use std::io::Write;
 use std::path::Path;
 
-use arrow::array::AsArray;
-use arrow::datatypes::{Float16Type, Float32Type};
 use serde::Serialize;
 
 use crate::cache::reader::ShardReader;
-use crate::cache::schema::{self, LOSS_MASK, TAIL_LOGMASS, TOPK_LOGPROBS};
+use crate::cache::schema;
 use crate::cache::writer::{raw_bytes_per_position, ShardBatch};
-use crate::cache::{
-    Manifest, FORMAT_VERSION, MANIFEST_FILE, VALUE_ENCODING_F16, WORKER_MANIFESTS_DIR,
-};
+use crate::cache::{readable_versions, Encoding, Manifest, MANIFEST_FILE, WORKER_MANIFESTS_DIR};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::xxh3_file;
 
@@ -97,6 +93,7 @@ pub fn inspect(cache: &Path) -> Result<Summary> {
     let mut mass_sum = 0.0f64;
     let mut histogram = [0u64; TAIL_DECADES + 1];
     let k = m.top_k;
+    let mut batch = ShardBatch::new(m.packing.seq_len, k);
     for entry in &m.shards {
         let reader = ShardReader::open(&cache.join(&entry.path))?;
         if reader.top_k() != k {
@@ -106,18 +103,11 @@ pub fn inspect(cache: &Path) -> Result<Summary> {
             ));
         }
         for g in 0..reader.num_row_groups() {
-            let batch = reader.read_row_group(g, &[LOSS_MASK, TOPK_LOGPROBS, TAIL_LOGMASS])?;
-            let list = |i: usize| batch.column(i).as_list::<i32>();
-            let mask = list(0).values().as_boolean();
-            let lp = list(1)
-                .values()
-                .as_fixed_size_list()
-                .values()
-                .as_primitive::<Float16Type>();
-            let tail = list(2).values().as_primitive::<Float32Type>();
-            let lp = lp.values();
-            for (pos, tau) in tail.values().iter().enumerate() {
-                if !mask.value(pos) {
+            // Decoded through the reader so that both encodings give the same f16 log-probs.
+            reader.read_row_group_into(g, &mut batch)?;
+            let lp = &batch.topk_logprobs;
+            for (pos, tau) in batch.tail_logmass.iter().enumerate() {
+                if !batch.loss_mask[pos] {
                     continue;
                 }
                 loss_tokens += 1;
@@ -319,13 +309,26 @@ pub fn verify(cache: &Path, out: &mut impl Write) -> Result<VerifyReport> {
             "manifest.json is a worker's partial manifest; run `taidcache merge`",
         ));
     }
-    if m.value_encoding != VALUE_ENCODING_F16 {
+    let encoding = Encoding::from_format_version(m.format_version.into()).ok_or_else(|| {
+        Error::field(
+            &manifest_path,
+            "format_version",
+            format!(
+                "{} is not a format this build reads ({})",
+                m.format_version,
+                readable_versions()
+            ),
+        )
+    })?;
+    if m.value_encoding != encoding.value_encoding() {
         return Err(Error::field(
             &manifest_path,
             "value_encoding",
             format!(
-                "`{}` is not defined by format v1 (only `{VALUE_ENCODING_F16}`)",
-                m.value_encoding
+                "`{}` is not defined by format v{} (only `{}`)",
+                m.value_encoding,
+                m.format_version,
+                encoding.value_encoding()
             ),
         ));
     }
@@ -337,7 +340,7 @@ pub fn verify(cache: &Path, out: &mut impl Write) -> Result<VerifyReport> {
         ));
     }
 
-    let mut checker = PositionChecker::new(m.top_k, m.vocab_size);
+    let mut checker = PositionChecker::for_encoding(m.top_k, m.vocab_size, encoding);
     let mut batch = ShardBatch::new(m.packing.seq_len, m.top_k);
     for entry in &m.shards {
         let path = cache.join(&entry.path);
@@ -365,7 +368,7 @@ pub fn verify(cache: &Path, out: &mut impl Write) -> Result<VerifyReport> {
         }
         let reader = ShardReader::open(&path)?;
         let footer = [
-            (schema::META_FORMAT_VERSION, FORMAT_VERSION.to_string()),
+            (schema::META_FORMAT_VERSION, m.format_version.to_string()),
             (schema::META_TOP_K, m.top_k.to_string()),
             (schema::META_VOCAB_SIZE, m.vocab_size.to_string()),
             (schema::META_SEQ_LEN, m.packing.seq_len.to_string()),
@@ -462,6 +465,9 @@ struct PositionChecker {
     k: usize,
     vocab: usize,
     seen: Vec<u64>,
+    /// Relative error of a stored probability from quantization beyond f16 rounding: 0 for
+    /// plain, `e^(step/2) − 1` for compact (every log-prob within half a step).
+    quantization: f64,
 }
 
 impl PositionChecker {
@@ -470,7 +476,16 @@ impl PositionChecker {
             k,
             vocab,
             seen: vec![0; vocab.div_ceil(64)],
+            quantization: 0.0,
         }
+    }
+
+    fn for_encoding(k: usize, vocab: usize, encoding: Encoding) -> Self {
+        let mut checker = Self::new(k, vocab);
+        if encoding == Encoding::Compact {
+            checker.quantization = (f64::from(crate::cache::LOGPROB_STEP) / 2.0).exp_m1();
+        }
+        checker
     }
 
     /// Check the rows of `b`, which are rows `row0..` of the shard whose first seq id is
@@ -568,7 +583,7 @@ impl PositionChecker {
             ));
         }
         let total = mass + f64::from(tau).exp();
-        let tol = 1e-4 + spread / 1024.0;
+        let tol = 1e-4 + spread / 1024.0 + mass * self.quantization;
         if (total - 1.0).abs() > tol {
             return Err(format!(
                 "top-k mass {mass:.6} + tail mass {:.6} = {total:.6}, not 1 within {tol:.2e}",

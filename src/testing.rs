@@ -273,3 +273,94 @@ pub fn sample_manifest(shards: u64, rows: u64) -> crate::cache::manifest::Manife
             .collect(),
     }
 }
+
+/// A generator of LLM-like teacher logits for storage measurements at real vocabulary sizes
+/// (`benches/storage.rs`). Each row (one position) is built as follows:
+///
+/// - a target entropy `H ~ U(1, 4)` nats, reached by a Zipf exponent `s(H)` over ranks: the row's
+///   distribution is `p(rank r) ∝ (1 + r)^(−s)`, with `s` read from a table of the exact
+///   entropies of that law over the whole vocabulary;
+/// - the ranking: [`SyntheticTeacher::CONTEXT`] distinct "context" ids drawn with
+///   `P(id) ∝ 1/(id + 1)` (frequent ids — small ids, as in BPE vocabularies ordered by frequency —
+///   are likelier) take ranks 0, 1, 2, …, each logit jittered by N(0, 0.3²); every other id `y`
+///   follows with rank `CONTEXT + y`;
+/// - logits `−s · ln(1 + rank)`.
+///
+/// So the top-k ids spread over the whole vocabulary, skewed towards frequent ids, and the
+/// top-k log-probs fall off like a real teacher's. Deterministic for a seed.
+pub struct SyntheticTeacher {
+    vocab: usize,
+    /// `ln(1 + CONTEXT + y)` for every id.
+    base: Vec<f32>,
+    /// (exponent, entropy in nats), entropy decreasing.
+    table: Vec<(f64, f64)>,
+    rng: Normal,
+}
+
+impl SyntheticTeacher {
+    /// Ids per row that are drawn as the row's likeliest tokens.
+    pub const CONTEXT: usize = 256;
+
+    pub fn new(vocab: usize, seed: u64) -> Self {
+        let table = (0..=60)
+            .map(|i| {
+                let s = 0.9 + 0.05 * i as f64;
+                let (mut z, mut zl) = (0f64, 0f64);
+                for r in 0..vocab {
+                    let l = ((1 + r) as f64).ln();
+                    let w = (-s * l).exp();
+                    z += w;
+                    zl += w * l;
+                }
+                // H = ln Z + s · E[ln(1 + r)]
+                (s, z.ln() + s * zl / z)
+            })
+            .collect();
+        let base = (0..vocab)
+            .map(|y| ((1 + Self::CONTEXT + y) as f32).ln())
+            .collect();
+        Self {
+            vocab,
+            base,
+            table,
+            rng: Normal::new(seed),
+        }
+    }
+
+    /// The Zipf exponent whose distribution over the vocabulary has entropy `h` (interpolated).
+    pub fn exponent_for_entropy(&self, h: f64) -> f64 {
+        let t = &self.table;
+        let i = t
+            .iter()
+            .position(|&(_, e)| e <= h)
+            .unwrap_or(t.len() - 1)
+            .max(1);
+        let ((s0, h0), (s1, h1)) = (t[i - 1], t[i]);
+        if h0 == h1 {
+            s1
+        } else {
+            s0 + (s1 - s0) * (h0 - h) / (h0 - h1)
+        }
+    }
+
+    /// Fill `out` (length vocab) with the next row's logits.
+    pub fn row(&mut self, out: &mut [f32]) {
+        assert_eq!(out.len(), self.vocab);
+        let h = 1.0 + 3.0 * self.rng.uniform();
+        let s = self.exponent_for_entropy(h) as f32;
+        for (o, b) in out.iter_mut().zip(&self.base) {
+            *o = -s * b;
+        }
+        let ln_v = ((self.vocab + 1) as f64).ln();
+        let mut rank = 0usize;
+        let mut seen = std::collections::HashSet::with_capacity(2 * Self::CONTEXT);
+        while rank < Self::CONTEXT.min(self.vocab) {
+            let id = ((self.rng.uniform() * ln_v).exp() as usize).saturating_sub(1);
+            let id = id.min(self.vocab - 1);
+            if seen.insert(id) {
+                out[id] = -s * ((1 + rank) as f32).ln() + 0.3 * self.rng.sample();
+                rank += 1;
+            }
+        }
+    }
+}

@@ -428,3 +428,48 @@ fn taid_student_kl_to_a_ce_trained_teacher_falls() {
         "t reached its linear floor"
     );
 }
+
+#[test]
+fn distill_from_a_compact_cache_tracks_the_run_from_the_plain_one() {
+    let s = setup(12, Some(16));
+    let compact = s.fx.path("cache-compact");
+    let mut o = PrecomputeOptions::new(&s.fx.teacher, vec![s.fx.corpus.clone()], &compact);
+    o.top_k = 16;
+    o.seq_len = SEQ;
+    o.batch_size = 4;
+    o.shard_rows = 8;
+    o.progress = false;
+    o.encoding = taidcache::cache::Encoding::Compact;
+    precompute::run(&o, &mut Vec::new()).unwrap();
+
+    let plain_run = options(&s, "plain-run", 12);
+    let mut compact_run = options(&s, "compact-run", 12);
+    compact_run.cache = compact;
+    distill::run(&plain_run, &mut Vec::new()).unwrap();
+    distill::run(&compact_run, &mut Vec::new()).unwrap();
+    let steps = |run: &Path| -> Vec<(f64, f64)> {
+        metric_lines(run)
+            .iter()
+            .filter(|l| l["step"].is_u64() && l["loss"].is_f64())
+            .map(|l| (l["loss"].as_f64().unwrap(), l["kl"].as_f64().unwrap_or(0.0)))
+            .collect()
+    };
+    let (a, b) = (steps(&plain_run.out), steps(&compact_run.out));
+    assert_eq!(a.len(), 12, "{a:?}");
+    assert_eq!(a.len(), b.len());
+    // The targets differ by at most half a quantization step (0.0625 nats) per log-prob, so the
+    // losses of the same student on the same batches stay within a few hundredths.
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x.0 - y.0).abs() / x.0.abs().max(1.0))
+        .fold(0f64, f64::max);
+    assert!(
+        worst < 0.02,
+        "worst relative loss difference {worst:.4}: {a:?} vs {b:?}"
+    );
+    assert!(
+        worst > 0.0,
+        "the compact run should not be bit-identical: {a:?}"
+    );
+}

@@ -327,3 +327,55 @@ fn bf16_forward_picks_nearly_the_same_top_ids() {
         "bf16 top-1 agrees with f32 on only {agree:.3} of positions"
     );
 }
+
+#[test]
+fn compact_cache_keeps_ids_and_tails_and_rounds_log_probs_to_half_a_step() {
+    let fx = Fixture::new(taidcache::model::Architecture::Llama, 20);
+    let plain = options(&fx, "plain");
+    let mut compact = options(&fx, "compact");
+    compact.encoding = taidcache::cache::Encoding::Compact;
+    precompute::run(&plain, &mut Vec::new()).unwrap();
+    precompute::run(&compact, &mut Vec::new()).unwrap();
+    let m = Manifest::load(&compact.out.join("manifest.json")).unwrap();
+    assert_eq!(
+        (m.format_version, m.value_encoding.as_str()),
+        (2, "u8-steps")
+    );
+
+    let (a, b) = (read_rows(&plain.out), read_rows(&compact.out));
+    assert_eq!(a.len(), b.len());
+    let step = taidcache::cache::LOGPROB_STEP;
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.seq_ids, y.seq_ids);
+        assert_eq!(x.input_ids, y.input_ids);
+        assert_eq!(x.topk_ids, y.topk_ids);
+        assert_eq!(x.tail_logmass, y.tail_logmass);
+        for (p, q) in x.topk_logprobs.iter().zip(&y.topk_logprobs) {
+            let (p, q) = (p.to_f32(), q.to_f32());
+            worst = worst.max((p - q).abs() - f16_tol(p) - f16_tol(q));
+        }
+    }
+    assert!(
+        worst <= step / 2.0,
+        "worst log-prob error {worst} > half a step"
+    );
+
+    // The CLI checks and plain pyarrow (v2 schema, decoded mass) accept it.
+    let cache = compact.out.to_str().unwrap();
+    let v = taidcache(&["verify", cache]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let i = taidcache(&["inspect", cache, "--json"]);
+    assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
+    let out = std::process::Command::new("python3")
+        .args([script.to_str().unwrap(), cache, "--require-jsonschema"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check_cache.py failed on the compact cache:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{commit_tmp, tmp_path, FORMAT_VERSION, WORKER_MANIFESTS_DIR};
+use super::{commit_tmp, tmp_path, WORKER_MANIFESTS_DIR};
 use crate::error::{Error, IoContext, Result};
 
 /// The manifest of a cache (`CACHE/manifest.json`) or of one worker's share of it
@@ -132,13 +132,14 @@ impl Manifest {
         // with whatever field it renamed.
         let value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
         match value.get("format_version").and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(v) if super::Encoding::from_format_version(v).is_some() => {}
             Some(v) => {
                 return Err(Error::cache(
                     path,
                     format!(
-                        "cache format version {v}, this taidcache reads {FORMAT_VERSION} \
-                         (re-create the cache, or use a taidcache that reads version {v})"
+                        "cache format version {v}, this taidcache reads {} \
+                         (re-create the cache, or use a taidcache that reads version {v})",
+                        super::readable_versions()
                     ),
                 ))
             }
@@ -446,13 +447,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.json");
         let mut value = serde_json::to_value(sample_manifest(1, 2)).unwrap();
-        value["format_version"] = 2.into();
+        value["format_version"] = 3.into();
         // A future version may also change the shape; the version error must come first.
         value["shards"] = serde_json::json!("renamed");
         std::fs::write(&path, value.to_string()).unwrap();
         let err = Manifest::load(&path).unwrap_err().to_string();
         assert!(
-            err.contains("cache format version 2, this taidcache reads 1"),
+            err.contains("cache format version 3, this taidcache reads 1 and 2"),
             "{err}"
         );
     }
@@ -555,7 +556,7 @@ mod tests {
         }
         assert_eq!(
             schema["properties"]["format_version"]["const"],
-            FORMAT_VERSION
+            crate::cache::FORMAT_VERSION
         );
     }
 

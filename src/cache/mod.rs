@@ -37,8 +37,88 @@ pub use reader::ShardReader;
 pub use schema::arrow_schema;
 pub use writer::{default_row_group_rows, write_shard_atomic, ShardBatch, WriteOptions};
 
-/// Version of the on-disk format this build writes and reads (`schemas/v1/`).
+/// Version of the on-disk format of the default (`plain`) encoding (`schemas/v1/`).
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Version of the format of the `compact` encoding (`schemas/v2/`): v1 with the log-probs as
+/// 8-bit quantized steps instead of half floats, and the ids byte-stream-split.
+pub const FORMAT_VERSION_COMPACT: u32 = 2;
+
+/// Value encoding of `topk_logprob_steps` in format v2: unsigned 8-bit steps of
+/// [`LOGPROB_STEP`] nats along the descending log-probs.
+pub const VALUE_ENCODING_U8_STEPS: &str = "u8-steps";
+
+/// Quantization step of the compact encoding, in nats: log-prob `j` of a position is
+/// `−LOGPROB_STEP · Σ_{i≤j} step_i`. Every decoded value is within half a step (plus f16
+/// rounding) of the exact one, so the mean KL(exact ‖ decoded) is about `LOGPROB_STEP² / 24`
+/// ≈ 6.5e-4 nats at most; the step is written to every shard's footer.
+pub const LOGPROB_STEP: f32 = 0.125;
+
+/// How a cache stores its top-k records (`precompute --encoding`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// Format v1: u32 ids, f16 log-probs (about 140 bytes per token at k = 50).
+    #[default]
+    Plain,
+    /// Format v2: u32 ids byte-stream-split, log-probs as u8 steps of 0.125 nats (under 100
+    /// bytes per token at k = 50; mean KL to the exact top-k below 1e-3).
+    Compact,
+}
+
+impl Encoding {
+    /// Both encodings by name, for flags and messages.
+    pub const ALL: [Encoding; 2] = [Encoding::Plain, Encoding::Compact];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Plain => "plain",
+            Encoding::Compact => "compact",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// The format version a cache of this encoding carries.
+    pub fn format_version(self) -> u32 {
+        match self {
+            Encoding::Plain => FORMAT_VERSION,
+            Encoding::Compact => FORMAT_VERSION_COMPACT,
+        }
+    }
+
+    /// The encoding of a format version this build reads.
+    pub fn from_format_version(version: u64) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|e| u64::from(e.format_version()) == version)
+    }
+
+    /// The manifest's `value_encoding` for this encoding.
+    pub fn value_encoding(self) -> &'static str {
+        match self {
+            Encoding::Plain => VALUE_ENCODING_F16,
+            Encoding::Compact => VALUE_ENCODING_U8_STEPS,
+        }
+    }
+}
+
+/// The format versions this build reads, for messages: `1 and 2`.
+pub fn readable_versions() -> String {
+    format!("{FORMAT_VERSION} and {FORMAT_VERSION_COMPACT}")
+}
 
 /// Name of the combined manifest inside a cache directory.
 pub const MANIFEST_FILE: &str = "manifest.json";

@@ -18,7 +18,7 @@ use arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, FixedSizeListArray, ListArray,
     PrimitiveArray,
 };
-use arrow::datatypes::{Float16Type, Float32Type, UInt32Type, UInt64Type};
+use arrow::datatypes::{Float16Type, Float32Type, UInt32Type, UInt64Type, UInt8Type};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{
@@ -26,9 +26,9 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 
-use super::schema::{self, check_schema, top_k_of};
-use super::writer::ShardBatch;
-use super::FORMAT_VERSION;
+use super::schema::{self, check_schema_for, top_k_of};
+use super::writer::{decode_steps, ShardBatch};
+use super::{readable_versions, Encoding};
 use crate::error::{Error, IoContext, Result};
 
 /// An open, memory-mapped v1 shard. Cheap to share across threads (`&self` reads).
@@ -39,6 +39,9 @@ pub struct ShardReader {
     metadata: ArrowReaderMetadata,
     k: usize,
     seq_len: usize,
+    encoding: Encoding,
+    /// Quantization step of a compact shard (nats); 0 for plain.
+    logprob_step: f32,
 }
 
 impl ShardReader {
@@ -58,13 +61,31 @@ impl ShardReader {
             metadata,
             k: 0,
             seq_len: 0,
+            encoding: Encoding::Plain,
+            logprob_step: 0.0,
         };
         let version = reader.required_number(schema::META_FORMAT_VERSION)?;
-        if version != FORMAT_VERSION as usize {
-            return Err(Error::cache(
+        reader.encoding = Encoding::from_format_version(version as u64).ok_or_else(|| {
+            Error::cache(
                 path,
-                format!("shard format version {version}, this taidcache reads {FORMAT_VERSION}"),
-            ));
+                format!(
+                    "shard format version {version}, this taidcache reads {}",
+                    readable_versions()
+                ),
+            )
+        })?;
+        if reader.encoding == Encoding::Compact {
+            let key = schema::META_LOGPROB_STEP;
+            let value = reader.key_value(key).unwrap_or_default();
+            reader.logprob_step = match value.parse::<f32>() {
+                Ok(step) if step.is_finite() && step > 0.0 => step,
+                _ => {
+                    return Err(Error::cache(
+                        path,
+                        format!("footer metadata `{key}` = {value:?} is not a positive number"),
+                    ))
+                }
+            };
         }
         reader.k = reader.required_number(schema::META_TOP_K)?;
         reader.seq_len = reader.required_number(schema::META_SEQ_LEN)?;
@@ -81,8 +102,8 @@ impl ShardReader {
                 ));
             }
         }
-        check_schema(&arrow, reader.k)
-            .map_err(|msg| Error::cache(path, format!("not a v1 shard: {msg}")))?;
+        check_schema_for(&arrow, reader.k, reader.encoding)
+            .map_err(|msg| Error::cache(path, format!("not a v{version} shard: {msg}")))?;
         Ok(reader)
     }
 
@@ -137,6 +158,11 @@ impl ShardReader {
         self.seq_len
     }
 
+    /// Plain (format v1) or compact (format v2), from the footer.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
     /// Decode row group `i` as one [`RecordBatch`] holding `columns` in file order (all
     /// columns when `columns` is empty).
     pub fn read_row_group(&self, i: usize, columns: &[&str]) -> Result<RecordBatch> {
@@ -159,8 +185,8 @@ impl ShardReader {
                     Error::cache(
                         &self.path,
                         format!(
-                            "no column `{name}` (v1 columns: {})",
-                            schema::COLUMNS.join(", ")
+                            "no column `{name}` (columns: {})",
+                            schema::columns(self.encoding).join(", ")
                         ),
                     )
                 })?;
@@ -232,9 +258,19 @@ impl ShardReader {
         out.topk_ids
             .extend_from_slice(col.primitive::<UInt32Type>(&ids, schema::TOPK_IDS)?);
 
-        let lp = col.fixed(col.list(schema::TOPK_LOGPROBS)?, schema::TOPK_LOGPROBS)?;
-        out.topk_logprobs
-            .extend_from_slice(col.primitive::<Float16Type>(&lp, schema::TOPK_LOGPROBS)?);
+        match self.encoding {
+            Encoding::Plain => {
+                let lp = col.fixed(col.list(schema::TOPK_LOGPROBS)?, schema::TOPK_LOGPROBS)?;
+                out.topk_logprobs
+                    .extend_from_slice(col.primitive::<Float16Type>(&lp, schema::TOPK_LOGPROBS)?);
+            }
+            Encoding::Compact => {
+                let name = schema::TOPK_LOGPROB_STEPS;
+                let steps = col.fixed(col.list(name)?, name)?;
+                let steps = col.primitive::<UInt8Type>(&steps, name)?;
+                decode_steps(steps, k, self.logprob_step, &mut out.topk_logprobs);
+            }
+        }
 
         let tail = col.list(schema::TAIL_LOGMASS)?;
         out.tail_logmass
@@ -325,6 +361,44 @@ mod tests {
 
     use crate::cache::testutil::random_batch;
     use crate::hash::xxh3_file;
+
+    #[test]
+    fn compact_round_trip_keeps_everything_but_rounds_log_probs_to_half_a_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part-00000.parquet");
+        let batch = random_batch(11, 12, 5, 1000, 40, 3);
+        let opts = WriteOptions {
+            row_group_rows: 4,
+            encoding: Encoding::Compact,
+            ..WriteOptions::default()
+        };
+        write_shard_atomic(&path, &batch, &opts).unwrap();
+        let r = ShardReader::open(&path).unwrap();
+        assert_eq!(r.encoding(), Encoding::Compact);
+        assert_eq!(
+            r.key_value(schema::META_FORMAT_VERSION).as_deref(),
+            Some("2")
+        );
+        let mut back = ShardBatch::new(12, 5);
+        let mut part = ShardBatch::new(12, 5);
+        for g in 0..r.num_row_groups() {
+            r.read_row_group_into(g, &mut part).unwrap();
+            back.extend_from(&part);
+        }
+        assert_eq!(back.seq_ids, batch.seq_ids);
+        assert_eq!(back.input_ids, batch.input_ids);
+        assert_eq!(back.loss_mask, batch.loss_mask);
+        assert_eq!(back.topk_ids, batch.topk_ids);
+        assert_eq!(back.tail_logmass, batch.tail_logmass);
+        let step = crate::cache::LOGPROB_STEP;
+        for (a, b) in batch.topk_logprobs.iter().zip(&back.topk_logprobs) {
+            let (a, b) = (a.to_f32(), b.to_f32());
+            assert!(
+                (a - b).abs() <= step / 2.0 + a.abs() * 2f32.powi(-11),
+                "{a} vs {b}"
+            );
+        }
+    }
 
     #[test]
     fn round_trip_returns_identical_buffers_over_several_row_groups() {

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::{json, Value};
 
+use super::Encoding;
+
 /// `uint64`: index of the sequence in the packed corpus.
 pub const SEQ_ID: &str = "seq_id";
 /// `list<uint32>` of length S: the tokens.
@@ -22,6 +24,9 @@ pub const TOPK_IDS: &str = "topk_ids";
 pub const TOPK_LOGPROBS: &str = "topk_logprobs";
 /// `list<float32>` of length S: log(1 − Σ top-k probs).
 pub const TAIL_LOGMASS: &str = "tail_logmass";
+/// Format v2 (compact) instead of [`TOPK_LOGPROBS`]: `list<fixed_size_list<uint8>[k]>`, the
+/// log-probs as steps: `logprob_j = −step · Σ_{i≤j} steps_i` with step [`META_LOGPROB_STEP`].
+pub const TOPK_LOGPROB_STEPS: &str = "topk_logprob_steps";
 
 /// The v1 columns in file order.
 pub const COLUMNS: [&str; 6] = [
@@ -33,6 +38,24 @@ pub const COLUMNS: [&str; 6] = [
     TAIL_LOGMASS,
 ];
 
+/// The v2 (compact) columns in file order.
+pub const COLUMNS_COMPACT: [&str; 6] = [
+    SEQ_ID,
+    INPUT_IDS,
+    LOSS_MASK,
+    TOPK_IDS,
+    TOPK_LOGPROB_STEPS,
+    TAIL_LOGMASS,
+];
+
+/// The columns of `encoding` in file order.
+pub fn columns(encoding: Encoding) -> [&'static str; 6] {
+    match encoding {
+        Encoding::Plain => COLUMNS,
+        Encoding::Compact => COLUMNS_COMPACT,
+    }
+}
+
 /// Footer key-value metadata (Parquet `key_value_metadata`), so one shard explains itself.
 pub const META_FORMAT_VERSION: &str = "taidcache.format_version";
 pub const META_TOP_K: &str = "taidcache.top_k";
@@ -40,6 +63,8 @@ pub const META_VOCAB_SIZE: &str = "taidcache.vocab_size";
 pub const META_SEQ_LEN: &str = "taidcache.seq_len";
 pub const META_TEACHER_SHA256: &str = "taidcache.teacher_sha256";
 pub const META_TOKENIZER_SHA256: &str = "taidcache.tokenizer_sha256";
+/// Format v2 only: the quantization step of `topk_logprob_steps` in nats (`0.125`).
+pub const META_LOGPROB_STEP: &str = "taidcache.logprob_step";
 
 /// The placeholder `schemas/v1/shard.schema.json` writes where [`schema_json`] writes k.
 pub const K_PLACEHOLDER: &str = "k";
@@ -62,16 +87,29 @@ fn fixed_list_of(data_type: DataType, k: usize) -> DataType {
 
 /// The exact v1 schema for top-k `k`.
 pub fn arrow_schema(k: usize) -> SchemaRef {
+    arrow_schema_for(k, Encoding::Plain)
+}
+
+/// The exact schema of `encoding` (v1 or v2) for top-k `k`.
+pub fn arrow_schema_for(k: usize, encoding: Encoding) -> SchemaRef {
+    let values = match encoding {
+        Encoding::Plain => Field::new(
+            TOPK_LOGPROBS,
+            list_of(fixed_list_of(DataType::Float16, k)),
+            false,
+        ),
+        Encoding::Compact => Field::new(
+            TOPK_LOGPROB_STEPS,
+            list_of(fixed_list_of(DataType::UInt8, k)),
+            false,
+        ),
+    };
     Arc::new(Schema::new(vec![
         Field::new(SEQ_ID, DataType::UInt64, false),
         Field::new(INPUT_IDS, list_of(DataType::UInt32), false),
         Field::new(LOSS_MASK, list_of(DataType::Boolean), false),
         Field::new(TOPK_IDS, list_of(fixed_list_of(DataType::UInt32, k)), false),
-        Field::new(
-            TOPK_LOGPROBS,
-            list_of(fixed_list_of(DataType::Float16, k)),
-            false,
-        ),
+        values,
         Field::new(TAIL_LOGMASS, list_of(DataType::Float32), false),
     ]))
 }
@@ -102,6 +140,7 @@ fn type_json(data_type: &DataType) -> Value {
 fn type_name(data_type: &DataType) -> String {
     match data_type {
         DataType::Boolean => "bool".into(),
+        DataType::UInt8 => "uint8".into(),
         DataType::UInt32 => "uint32".into(),
         DataType::UInt64 => "uint64".into(),
         DataType::Float16 => "float16".into(),
@@ -129,7 +168,17 @@ pub fn type_string(data_type: &DataType) -> String {
 /// Check that `found` is exactly the v1 schema for `k` (names, order, types, nullability;
 /// metadata is ignored). The error names the first differing column with both types.
 pub fn check_schema(found: &Schema, k: usize) -> std::result::Result<(), String> {
-    let expected = arrow_schema(k);
+    check_schema_for(found, k, Encoding::Plain)
+}
+
+/// [`check_schema`] for the format of `encoding`.
+pub fn check_schema_for(
+    found: &Schema,
+    k: usize,
+    encoding: Encoding,
+) -> std::result::Result<(), String> {
+    let version = encoding.format_version();
+    let expected = arrow_schema_for(k, encoding);
     let names = |s: &Schema| {
         s.fields()
             .iter()
@@ -138,7 +187,7 @@ pub fn check_schema(found: &Schema, k: usize) -> std::result::Result<(), String>
     };
     if names(found) != names(&expected) {
         return Err(format!(
-            "columns are {:?}, format v1 has {:?}",
+            "columns are {:?}, format v{version} has {:?}",
             names(found),
             names(&expected)
         ));
@@ -148,7 +197,7 @@ pub fn check_schema(found: &Schema, k: usize) -> std::result::Result<(), String>
         if field_json(e) != field_json(f) {
             let null = |f: &Field| if f.is_nullable() { "" } else { " not null" };
             return Err(format!(
-                "column `{}` is {}{}, format v1 with k = {k} has {}{}",
+                "column `{}` is {}{}, format v{version} with k = {k} has {}{}",
                 e.name(),
                 type_string(f.data_type()),
                 null(f),
@@ -194,6 +243,23 @@ mod tests {
     use super::*;
 
     const SHARD_SCHEMA_FILE: &str = include_str!("../../schemas/v1/shard.schema.json");
+    const SHARD_SCHEMA_FILE_V2: &str = include_str!("../../schemas/v2/shard.schema.json");
+
+    #[test]
+    fn v2_schema_file_equals_the_compact_arrow_schema_for_k_7_and_50() {
+        let template: Value = serde_json::from_str(SHARD_SCHEMA_FILE_V2).unwrap();
+        for k in [7usize, 50] {
+            let found = schema_json(&arrow_schema_for(k, Encoding::Compact));
+            assert_eq!(
+                found,
+                instantiate(&template, k),
+                "k = {k}: schemas/v2/shard.schema.json differs from the compact schema:\n{}",
+                serde_json::to_string_pretty(&found).unwrap()
+            );
+        }
+        let err = check_schema_for(&arrow_schema(8), 8, Encoding::Compact).unwrap_err();
+        assert!(err.contains("format v2"), "{err}");
+    }
 
     /// Replace every `"size": "k"` of the template by the number k.
     fn instantiate(template: &Value, k: usize) -> Value {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::manifest::Manifest;
 use crate::cache::reader::ShardReader;
 use crate::cache::writer::ShardBatch;
-use crate::cache::FORMAT_VERSION;
+use crate::cache::{readable_versions, Encoding};
 use crate::error::{Error, Result};
 use crate::hash::xxh3_file;
 
@@ -103,13 +103,14 @@ pub fn check_compatible(
     student_vocab: usize,
     tokenizer_sha256: Option<&str>,
 ) -> Result<()> {
-    if manifest.format_version != FORMAT_VERSION {
+    if Encoding::from_format_version(manifest.format_version.into()).is_none() {
         return Err(Error::field(
             manifest_path,
             "format_version",
             format!(
-                "cache format {} cannot be read by this build (format {FORMAT_VERSION})",
-                manifest.format_version
+                "cache format {} cannot be read by this build (formats {})",
+                manifest.format_version,
+                readable_versions()
             ),
         ));
     }
@@ -757,9 +758,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(tok.contains("tokenizer_sha256"), "{tok}");
-        let mut v2 = m.clone();
-        v2.format_version = 2;
-        assert!(check_compatible(p, &v2, 1000, None)
+        let mut v3 = m.clone();
+        v3.format_version = 3;
+        assert!(check_compatible(p, &v3, 1000, None)
             .unwrap_err()
             .to_string()
             .contains("format_version"));

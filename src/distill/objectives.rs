@@ -179,6 +179,9 @@ impl std::ops::AddAssign for LossOutput {
 /// Loss sums of a chunk, and `grad` [n, vocab] = ∂(loss_sum)/∂logits (unscaled: divide by the
 /// step's token count). Positions are independent and run in parallel; the sums are added in
 /// position order, so the result does not depend on the thread count.
+///
+/// Memory besides the inputs and `grad`: the sums of at most [`SUM_BLOCK`] positions and one
+/// O(k) scratch per rayon job, whatever the number of positions.
 pub fn loss_and_grad<T: Real>(cfg: &LossConfig, c: &Chunk<'_, T>, grad: &mut [T]) -> LossOutput {
     run_chunk(cfg, c, Some(grad), true)
 }
@@ -188,6 +191,11 @@ pub fn loss_only<T: Real>(cfg: &LossConfig, c: &Chunk<'_, T>) -> LossOutput {
     run_chunk(cfg, c, None, true)
 }
 
+/// Positions whose per-position sums are held at once: positions run in blocks of this many
+/// (parallel within a block), so the sums kept for the ordered addition do not grow with the
+/// chunk.
+pub const SUM_BLOCK: usize = 256;
+
 /// `fast`: allow the closed forms of the forward-KL family (off only to test them).
 fn run_chunk<T: Real>(
     cfg: &LossConfig,
@@ -195,38 +203,51 @@ fn run_chunk<T: Real>(
     grad: Option<&mut [T]>,
     fast: bool,
 ) -> LossOutput {
-    let parts: Vec<LossOutput> = match grad {
+    let n = c.positions();
+    let mut parts: Vec<LossOutput> = Vec::with_capacity(SUM_BLOCK.min(n));
+    let mut out = LossOutput::default();
+    match grad {
         Some(grad) => {
             assert_eq!(
                 grad.len(),
                 c.logits.len(),
                 "gradient buffer of another shape than the logits"
             );
-            grad.par_chunks_mut(c.vocab)
-                .enumerate()
-                .map_init(
-                    || Scratch::new(c.k),
-                    |sc, (i, g)| position(cfg, c, i, Some(g), sc, fast),
-                )
-                .collect()
+            let mut first = 0;
+            for block in grad.chunks_mut(SUM_BLOCK * c.vocab.max(1)) {
+                block
+                    .par_chunks_mut(c.vocab)
+                    .enumerate()
+                    .map_init(
+                        || Scratch::new(c.k),
+                        |sc, (i, g)| position(cfg, c, first + i, Some(g), sc, fast),
+                    )
+                    .collect_into_vec(&mut parts);
+                first += parts.len();
+                add(&mut out, &parts);
+            }
         }
-        None => (0..c.positions())
-            .into_par_iter()
-            .map_init(
-                || Scratch::new(c.k),
-                |sc, i| position(cfg, c, i, None, sc, fast),
-            )
-            .collect(),
-    };
-    sum(parts)
-}
-
-fn sum(parts: Vec<LossOutput>) -> LossOutput {
-    let mut out = LossOutput::default();
-    for p in parts {
-        out += p;
+        None => {
+            for first in (0..n).step_by(SUM_BLOCK) {
+                (first..(first + SUM_BLOCK).min(n))
+                    .into_par_iter()
+                    .map_init(
+                        || Scratch::new(c.k),
+                        |sc, i| position(cfg, c, i, None, sc, fast),
+                    )
+                    .collect_into_vec(&mut parts);
+                add(&mut out, &parts);
+            }
+        }
     }
     out
+}
+
+/// Add `parts` into `out` in order.
+fn add(out: &mut LossOutput, parts: &[LossOutput]) {
+    for p in parts {
+        *out += *p;
+    }
 }
 
 struct Scratch {

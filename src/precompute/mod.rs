@@ -32,8 +32,8 @@ use crate::cache::manifest::{
 };
 use crate::cache::writer::{default_row_group_rows, ShardBatch, ShardWriter, WriteOptions};
 use crate::cache::{
-    schema, shard_file_name, shard_rel_path, FORMAT_VERSION, MANIFEST_FILE, SHARDS_DIR,
-    VALUE_ENCODING_F16, WORKER_MANIFESTS_DIR,
+    schema, shard_file_name, shard_rel_path, Encoding, MANIFEST_FILE, SHARDS_DIR,
+    WORKER_MANIFESTS_DIR,
 };
 use crate::corpus::{
     self, CorpusOptions, DocumentReader, PackedSequence, SequenceStream, TextSplit,
@@ -78,6 +78,9 @@ pub struct PrecomputeOptions {
     pub text_split: TextSplit,
     pub shard_rows: usize,
     pub zstd_level: i32,
+    /// `plain` (format v1) or `compact` (format v2).
+    #[serde(default)]
+    pub encoding: Encoding,
     pub worker: usize,
     pub workers: usize,
     /// Draw a progress bar on stderr when it is a terminal.
@@ -105,6 +108,7 @@ impl PrecomputeOptions {
             text_split: TextSplit::File,
             shard_rows: defaults::SHARD_ROWS,
             zstd_level: defaults::ZSTD_LEVEL,
+            encoding: Encoding::Plain,
             worker: 0,
             workers: 1,
             progress: true,
@@ -267,7 +271,7 @@ fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         .map(|f| PathBuf::from(&f.path))
         .collect();
     let manifest = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version: opts.encoding.format_version(),
         taidcache_version: env!("CARGO_PKG_VERSION").to_string(),
         teacher: TeacherInfo {
             model_type: cfg.model_type.clone(),
@@ -305,7 +309,7 @@ fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         vocab_size: cfg.vocab_size,
         dtype: opts.dtype.clone(),
         temperature: 1.0,
-        value_encoding: VALUE_ENCODING_F16.to_string(),
+        value_encoding: opts.encoding.value_encoding().to_string(),
         worker: (opts.workers > 1).then_some(WorkerInfo {
             index: opts.worker,
             count: opts.workers,
@@ -465,6 +469,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         zstd_level: opts.zstd_level,
         row_group_rows: default_row_group_rows(opts.seq_len, opts.top_k),
         metadata: schema::footer_metadata(&manifest),
+        encoding: opts.encoding,
     };
 
     let (teacher_s, written) = std::thread::scope(|scope| -> Result<(f64, (usize, u64))> {

@@ -4,10 +4,13 @@
     python3 tests/python/check_cache.py CACHE [--require-jsonschema]
 
 For every shard listed in CACHE/manifest.json: pyarrow reads it; each column has exactly the
-type string of format v1 (schemas/v1/README.md) and is non-nullable; every list has length
-seq_len and every fixed-size list length top_k; row counts, seq ids and footer metadata match
-the manifest. manifest.json is validated against schemas/v1/manifest.schema.json with the
-`jsonschema` package when it is installed (required with --require-jsonschema).
+type string of its format (v1, schemas/v1/README.md, or the compact v2, schemas/v2/README.md) and
+is non-nullable; every list has length seq_len and every fixed-size list length top_k; row
+counts, seq ids and footer metadata match the manifest. For v2 the log-probs are decoded as the
+README says (cumulative sum of the steps times -taidcache.logprob_step) and each position's top-k
+plus tail mass must be 1 within the quantization. manifest.json is validated against
+schemas/vN/manifest.schema.json with the `jsonschema` package when it is installed (required with
+--require-jsonschema).
 
 Exit status 0 when all checks pass; otherwise the first failure is printed on stderr.
 """
@@ -16,16 +19,21 @@ import json
 import os
 import sys
 
-SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schemas", "v1")
+SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schemas")
 
 
-def expected_types(k):
+def values_column(version):
+    return "topk_logprobs" if version == 1 else "topk_logprob_steps"
+
+
+def expected_types(k, version):
+    value_type = "halffloat" if version == 1 else "uint8"
     return {
         "seq_id": "uint64",
         "input_ids": "list<item: uint32>",
         "loss_mask": "list<item: bool>",
         "topk_ids": f"list<item: fixed_size_list<item: uint32>[{k}]>",
-        "topk_logprobs": f"list<item: fixed_size_list<item: halffloat>[{k}]>",
+        values_column(version): f"list<item: fixed_size_list<item: {value_type}>[{k}]>",
         "tail_logmass": "list<item: float>",
     }
 
@@ -43,7 +51,10 @@ def validate_manifest(manifest, require_jsonschema):
             fail("the `jsonschema` package is missing (pip install jsonschema)")
         print("check_cache: jsonschema not installed, manifest schema not validated", file=sys.stderr)
         return
-    with open(os.path.join(SCHEMAS, "manifest.schema.json")) as f:
+    version = manifest.get("format_version")
+    if version not in (1, 2):
+        fail(f"manifest.json: format_version {version!r} is not 1 or 2")
+    with open(os.path.join(SCHEMAS, f"v{version}", "manifest.schema.json")) as f:
         schema = json.load(f)
     jsonschema.Draft202012Validator.check_schema(schema)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=str)
@@ -62,7 +73,8 @@ def check_shard(cache, entry, manifest):
     s = manifest["packing"]["seq_len"]
     pf = pq.ParquetFile(path)
     schema = pf.schema_arrow
-    want = expected_types(k)
+    version = manifest["format_version"]
+    want = expected_types(k, version)
     names = [f.name for f in schema]
     if names != list(want):
         fail(f"{path}: columns {names}, expected {list(want)}")
@@ -70,7 +82,7 @@ def check_shard(cache, entry, manifest):
         if str(field.type) != want[field.name]:
             fail(f"{path}: column {field.name} is `{field.type}`, expected `{want[field.name]}`")
         if field.nullable:
-            fail(f"{path}: column {field.name} is nullable, format v1 columns are not")
+            fail(f"{path}: column {field.name} is nullable, format v{version} columns are not")
 
     meta = {key.decode(): value.decode() for key, value in (pf.metadata.metadata or {}).items()}
     for key, value in [
@@ -88,7 +100,7 @@ def check_shard(cache, entry, manifest):
     seq_ids = table.column("seq_id").to_pylist()
     if seq_ids != list(range(entry["seq_id_start"], entry["seq_id_end"])):
         fail(f"{path}: seq ids {seq_ids[:3]}..., manifest says {entry['seq_id_start']}..{entry['seq_id_end']}")
-    for name in ["input_ids", "loss_mask", "topk_ids", "topk_logprobs", "tail_logmass"]:
+    for name in ["input_ids", "loss_mask", "topk_ids", values_column(version), "tail_logmass"]:
         col = table.column(name)
         if col.null_count:
             fail(f"{path}: column {name} has {col.null_count} nulls")
@@ -104,7 +116,27 @@ def check_shard(cache, entry, manifest):
             values = pc.list_flatten(inner)
             if len(values) != entry["rows"] * s * k or values.null_count:
                 fail(f"{path}: column {name} has {len(values)} values ({values.null_count} null), expected {entry['rows'] * s * k}")
+    if version == 2:
+        check_steps(path, table, meta, k)
     return table.num_rows
+
+
+def check_steps(path, table, meta, k):
+    """Decode v2 log-probs with numpy as schemas/v2/README.md says; mass must be 1 ± quantization."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    step = float(meta.get("taidcache.logprob_step", "nan"))
+    if not step > 0:
+        fail(f"{path}: footer metadata taidcache.logprob_step = {meta.get('taidcache.logprob_step')!r}")
+    steps = pc.list_flatten(pc.list_flatten(table.column("topk_logprob_steps"))).to_numpy()
+    logprobs = -step * np.cumsum(steps.reshape(-1, k).astype(np.int64), axis=1)
+    tail = pc.list_flatten(table.column("tail_logmass")).to_numpy().astype(np.float64)
+    mass = np.exp(logprobs).sum(axis=1) + np.exp(tail)
+    # Each value is within step/2 of the exact one: the mass is within a factor e^(±step/2).
+    worst = np.abs(np.log(mass)).max()
+    if worst > step / 2 + 1e-3:
+        fail(f"{path}: decoded top-k + tail mass is off by a factor e^{worst:.4f}, more than e^(step/2)")
 
 
 def main(argv):

@@ -1,0 +1,103 @@
+//! Precompute overlap: a whole `precompute::run` (tokens → teacher → top-k → zstd Parquet shards
+//! and manifest) against the teacher forward passes alone (hidden states and lm_head logits) on
+//! the same number of batches of the same shape. The difference is what top-k, encoding,
+//! compression and writing add on top of the forward, i.e. what the pipeline fails to hide.
+//!
+//! Teacher: a random Llama of 2 layers, hidden 256, vocab 32,000 (so the lm_head and the top-k
+//! are as large as for a real 32k-vocabulary teacher); corpus: 64 sequences of 256 token ids;
+//! batches of 4; k = 50. Throughput in tokens. `startup` is a whole run over a one-sequence
+//! corpus: the fixed cost (loading and hashing the teacher, tokenizer and corpus, one forward,
+//! the manifest) that `full` pays once and a real, hours-long run amortizes.
+
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use taidcache::model::{Architecture, Mode, ModelDir};
+use taidcache::precompute::{self, PrecomputeOptions};
+use taidcache::testing::{write_tiny_model, TinySpec};
+
+const VOCAB: usize = 32_000;
+const SEQ_LEN: usize = 256;
+const SEQS: usize = 64;
+const BATCH: usize = 4;
+
+fn fixture(dir: &Path, seqs: usize) -> PrecomputeOptions {
+    let mut spec = TinySpec::new(Architecture::Llama, VOCAB);
+    spec.hidden_size = 256;
+    spec.intermediate_size = 768;
+    spec.heads = 4;
+    spec.kv_heads = 2;
+    spec.layers = 2;
+    spec.max_position_embeddings = 2 * SEQ_LEN;
+    let teacher = dir.join("teacher");
+    let tok = taidcache::corpus::testing::sample_tokenizer(300);
+    write_tiny_model(&teacher, &spec, Some(&tok)).unwrap();
+    // Token-id documents of exactly one sequence each (seq_len − 1 ids + the end-of-text token).
+    let corpus = dir.join(format!("corpus-{seqs}.jsonl"));
+    let mut f = std::fs::File::create(&corpus).unwrap();
+    for d in 0..seqs {
+        let ids: Vec<u32> = (0..SEQ_LEN - 1)
+            .map(|i| ((d * 7919 + i * 104_729) % (VOCAB - 1) + 1) as u32)
+            .collect();
+        writeln!(f, "{}", serde_json::json!({ "text": ids })).unwrap();
+    }
+    let mut o = PrecomputeOptions::new(&teacher, vec![corpus], dir.join(format!("cache-{seqs}")));
+    o.top_k = 50;
+    o.seq_len = SEQ_LEN;
+    o.batch_size = BATCH;
+    o.shard_rows = 16;
+    o.progress = false;
+    o
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = fixture(dir.path(), SEQS);
+    let one = fixture(dir.path(), 1);
+    // One run to learn the number of sequences the corpus packs into.
+    let summary = precompute::run(&opts, &mut Vec::new()).unwrap();
+    let sequences = summary.total_sequences as usize;
+    let batches = sequences.div_ceil(BATCH);
+    let teacher = ModelDir::open(&opts.teacher)
+        .unwrap()
+        .load(DType::F32, &Device::Cpu)
+        .unwrap();
+    let ids: Vec<u32> = (0..BATCH * SEQ_LEN)
+        .map(|i| (i * 31 % VOCAB) as u32)
+        .collect();
+    let ids = Tensor::from_slice(&ids, (BATCH, SEQ_LEN), &Device::Cpu).unwrap();
+
+    let mut group = c.benchmark_group("precompute");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((sequences * SEQ_LEN) as u64));
+    group.bench_function("full", |b| {
+        b.iter(|| {
+            std::fs::remove_dir_all(&opts.out).unwrap();
+            precompute::run(&opts, &mut Vec::new()).unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements(SEQ_LEN as u64));
+    group.bench_function("startup", |b| {
+        b.iter(|| {
+            let _ = std::fs::remove_dir_all(&one.out);
+            precompute::run(&one, &mut Vec::new()).unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements((sequences * SEQ_LEN) as u64));
+    group.bench_function("forward_only", |b| {
+        b.iter(|| {
+            for _ in 0..batches {
+                let hidden = teacher.forward_hidden(&ids, Mode::Infer).unwrap();
+                let hidden = hidden.reshape((BATCH * SEQ_LEN, 256)).unwrap();
+                let logits = teacher.logits(&hidden).unwrap();
+                std::hint::black_box(logits);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
