@@ -46,6 +46,9 @@ BENCHES ?= topk precompute shard_write storage loader optim objectives memory
 BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 bench: setup
+	@# the storage bench and the data-wait run read the demo's cache and student
+	@test -f $(DEMO_OUT)/caches/train/manifest.json || $(MAKE) demo
+	$(CARGO) build --release --locked
 	@set -e; for b in $(BENCHES); do \
 		echo "== $(CARGO) bench --locked --bench $$b -- $(BENCH_ARGS)"; \
 		$(CARGO) bench --locked --bench $$b -- $(BENCH_ARGS); \
@@ -58,6 +61,7 @@ ifneq ($(filter topk,$(BENCHES)),)
 endif
 ifneq ($(filter loader,$(BENCHES)),)
 	$(PYTHON) benches/peers/loader_pyarrow.py
+	$(PYTHON) benches/data_wait.py
 endif
 	@$(PYTHON) benches/report.py
 

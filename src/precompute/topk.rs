@@ -226,8 +226,9 @@ fn topk_row_impl<const FMA: bool>(
     // Tail sum relative to `max`: f64 total plus f32 lanes not yet folded into it.
     let mut tail = 0f64;
     let mut lanes = [0f32; LANES];
-    // x · 0 is NaN exactly for non-finite x; the vector loop only sums it.
-    let mut poison = [0f32; LANES];
+    // Non-finite logits: NaN fails `x > thr`, so it is summed into the lanes and makes them NaN;
+    // +∞ is a candidate (checked there); −∞ shows up as the lanes' minimum.
+    let mut low = [f32::INFINITY; LANES];
     let mut pending = 0usize;
     let fold = |lanes: &mut [f32; LANES], tail: &mut f64| {
         *tail += lanes.iter().map(|&v| v as f64).sum::<f64>();
@@ -247,17 +248,19 @@ fn topk_row_impl<const FMA: bool>(
             for l in 0..LANES {
                 let x = c[l];
                 let e = exp_le0::<FMA>(x - max);
-                lanes[l] += if x <= thr { e } else { 0.0 };
-                poison[l] += x * 0.0;
+                lanes[l] += if x > thr { 0.0 } else { e };
+                low[l] = if x < low[l] { x } else { low[l] };
                 top[l] = if x > top[l] { x } else { top[l] };
             }
         }
         for &x in it.remainder() {
-            poison[0] += x * 0.0;
+            low[0] = low[0].min(x);
             top[0] = top[0].max(x);
-            if x <= thr {
-                lanes[0] += exp_le0::<FMA>(x - max);
-            }
+            lanes[0] += if x > thr {
+                0.0
+            } else {
+                exp_le0::<FMA>(x - max)
+            };
         }
         pending += 1;
         if top.iter().any(|&v| v > thr) {
@@ -289,7 +292,7 @@ fn topk_row_impl<const FMA: bool>(
         start = end;
     }
     fold(&mut lanes, &mut tail);
-    if poison.iter().any(|p| p.is_nan()) {
+    if tail.is_nan() || low.contains(&f32::NEG_INFINITY) {
         return Err(row.iter().position(|x| !x.is_finite()).unwrap_or(0));
     }
     let Best { vals, ids } = best;
