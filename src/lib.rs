@@ -28,3 +28,19 @@ pub mod precompute;
 pub mod testing;
 
 pub use error::{Error, Result};
+
+/// Run candle's element-wise CPU ops on the calling thread (`CANDLE_NUM_THREADS=1`) unless the
+/// user set `CANDLE_NUM_THREADS`. Matrix products still use every core (gemm's own rayon pool).
+///
+/// candle 0.11 splits element-wise ops over a pool whose caller spin-waits for the workers.
+/// taidcache runs its own rayon work (loss, top-k) and loader threads beside candle, so a
+/// worker is often descheduled while the caller spins on the other core. Measured on this
+/// project's 2-core machine (`docs/performance.md`): a demo-student distill step 3.4× faster
+/// while another process was busy (8,125 vs 2,350 tokens/s) and 7% faster on an idle machine;
+/// the precompute bench's teacher forward 9% faster. Call before any thread or tensor exists.
+pub fn single_threaded_candle_ops() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Edition 2021: `set_var` is safe; no other thread exists yet when `main` calls this.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
