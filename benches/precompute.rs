@@ -53,6 +53,8 @@ fn fixture(dir: &Path, seqs: usize) -> PrecomputeOptions {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the `taidcache` binary runs (see `single_threaded_candle_ops`).
+    taidcache::single_threaded_candle_ops();
     let dir = tempfile::tempdir().unwrap();
     let opts = fixture(dir.path(), SEQS);
     let one = fixture(dir.path(), 1);

@@ -44,3 +44,21 @@ pub fn single_threaded_candle_ops() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
+
+/// Keep freed memory of up to 32 MiB blocks in the process instead of returning it to the
+/// kernel (glibc `mallopt`: mmap threshold 32 MiB, trim threshold 1 GiB).
+///
+/// candle allocates a fresh buffer for every tensor op; with glibc's defaults the large ones are
+/// mmapped and unmapped each time, so every training step faults in and zeroes the same pages
+/// again (23% of a demo-student distill step was in the kernel, mostly `clear_page`). Measured
+/// with the equivalent `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` variables on this
+/// project's 2-core machine: 7,313–8,087 vs 5,831–7,015 tokens/s over three runs each, for
+/// 15–20 MB more peak RSS. A no-op on other platforms.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
