@@ -8,6 +8,10 @@
 //! steady state allocates nothing and memory is bounded by `prefetch` batches plus the units
 //! being decoded, whatever the size of the cache.
 //!
+//! A shard is mapped only while one of its units is decoded: a memory map kept for the whole
+//! run would keep every page the run has read resident in the process (after one epoch, the
+//! whole cache counts in its RSS), and keep every shard's parsed footer allocated.
+//!
 //! The position in the stream is a [`Cursor`] (epoch, batches consumed in it): a checkpoint
 //! stores it and a resumed run starts exactly where the interrupted one stopped.
 
@@ -212,7 +216,7 @@ impl Loader {
         if opts.batch_size == 0 {
             return Err(Error::flag("--batch-size", "must be at least 1"));
         }
-        let readers = open_readers(cache, manifest, units)?;
+        let paths = check_shards(cache, manifest, units)?;
         let rows_per_epoch = units.iter().map(Unit::len).sum();
         let (tx, batches) = std::sync::mpsc::sync_channel(opts.prefetch.max(1));
         let (recycled, pool) = std::sync::mpsc::sync_channel(opts.prefetch.max(1) + 2);
@@ -223,7 +227,7 @@ impl Loader {
                 verified: (0..manifest.shards.len())
                     .map(|_| std::sync::OnceLock::new())
                     .collect(),
-                readers,
+                paths,
                 units: units.to_vec(),
                 verify: opts.verify,
                 decoded: decoded.clone(),
@@ -297,12 +301,10 @@ impl Drop for Loader {
     }
 }
 
-fn open_readers(
-    cache: &Path,
-    manifest: &Manifest,
-    units: &[Unit],
-) -> Result<Vec<Option<Arc<ShardReader>>>> {
-    let mut readers: Vec<Option<Arc<ShardReader>>> = vec![None; manifest.shards.len()];
+/// Open every shard `units` read once, check it holds the manifest's rows, and return its path
+/// (by shard index; `None` for the shards no unit reads). The decoder reopens a shard per unit.
+fn check_shards(cache: &Path, manifest: &Manifest, units: &[Unit]) -> Result<Vec<Option<PathBuf>>> {
+    let mut paths: Vec<Option<PathBuf>> = vec![None; manifest.shards.len()];
     for u in units {
         let entry = manifest.shards.get(u.shard).ok_or_else(|| {
             Error::Internal(format!(
@@ -311,7 +313,7 @@ fn open_readers(
                 manifest.shards.len()
             ))
         })?;
-        if readers[u.shard].is_none() {
+        if paths[u.shard].is_none() {
             let path: PathBuf = cache.join(&entry.path);
             let r = ShardReader::open(&path)?;
             if r.num_rows() as u64 != entry.rows {
@@ -324,15 +326,15 @@ fn open_readers(
                     ),
                 ));
             }
-            readers[u.shard] = Some(Arc::new(r));
+            paths[u.shard] = Some(path);
         }
     }
-    Ok(readers)
+    Ok(paths)
 }
 
-/// What decoding threads share: the open shards and which were hash-checked.
+/// What decoding threads share: the shards' paths and which were hash-checked.
 struct Shared {
-    readers: Vec<Option<Arc<ShardReader>>>,
+    paths: Vec<Option<PathBuf>>,
     units: Vec<Unit>,
     hashes: Vec<String>,
     verified: Vec<std::sync::OnceLock<()>>,
@@ -470,20 +472,21 @@ impl Shared {
     fn decode(&self, group: &[(usize, Vec<usize>)], out: &mut [ShardBatch]) -> Result<()> {
         let one = |u: usize, buf: &mut ShardBatch| -> Result<()> {
             let unit = &self.units[u];
-            let reader = self.readers[unit.shard]
+            let path = self.paths[unit.shard]
                 .as_ref()
-                .ok_or_else(|| Error::Internal("unit without reader".into()))?;
+                .ok_or_else(|| Error::Internal("unit without shard".into()))?;
             if self.verify && self.verified[unit.shard].get().is_none() {
-                let found = xxh3_file(reader.path())?;
+                let found = xxh3_file(path)?;
                 if found != self.hashes[unit.shard] {
                     return Err(Error::cache(
-                        reader.path(),
+                        path,
                         format!("content hash {found} differs from the manifest's {}: the shard is corrupt", self.hashes[unit.shard]),
                     ));
                 }
                 let _ = self.verified[unit.shard].set(());
             }
-            reader.read_row_group_into(unit.row_group, buf)?;
+            // Mapped for this unit only: dropping the reader unmaps the pages it read.
+            ShardReader::open(path)?.read_row_group_into(unit.row_group, buf)?;
             self.decoded.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };
