@@ -379,3 +379,33 @@ fn compact_cache_keeps_ids_and_tails_and_rounds_log_probs_to_half_a_step() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_manifest_write_cut_by_a_kill_does_not_block_the_rerun() {
+    let fx = Fixture::new(taidcache::model::Architecture::Llama, 20);
+    let opts = options(&fx, "cache");
+    precompute::run(&opts, &mut Vec::new()).unwrap();
+    let reference = read_rows(&opts.out);
+    // A run killed after its second shard, in the middle of rewriting the manifest: the old
+    // manifest (one shard fewer) is whole, `manifest.json.tmp` is a fragment.
+    let path = opts.out.join("manifest.json");
+    let mut m = Manifest::load(&path).unwrap();
+    assert!(m.shards.len() >= 3, "{} shards", m.shards.len());
+    m.shards.truncate(2);
+    m.complete = false;
+    m.save_atomic(&path).unwrap();
+    std::fs::write(
+        opts.out.join("manifest.json.tmp"),
+        b"{\"format_version\": 1, \"tea",
+    )
+    .unwrap();
+    let mut log = Vec::new();
+    precompute::run(&opts, &mut log).unwrap();
+    assert!(
+        String::from_utf8_lossy(&log).contains("resumed 2 shards"),
+        "{}",
+        String::from_utf8_lossy(&log)
+    );
+    assert!(!opts.out.join("manifest.json.tmp").exists());
+    assert_same_rows(&read_rows(&opts.out), &reference);
+}

@@ -350,10 +350,20 @@ fn prepare_out(
                 format!("{} exists and is not a directory", out.display()),
             ));
         }
+        // `manifest.json.tmp`: a manifest write a kill interrupted (the previous manifest.json
+        // is still whole); deleted with the other leftovers below.
+        let manifest_tmp = format!("{MANIFEST_FILE}.tmp");
         for entry in std::fs::read_dir(out).at(out)? {
             let name = entry.at(out)?.file_name();
             let name = name.to_string_lossy();
-            if ![MANIFEST_FILE, SHARDS_DIR, WORKER_MANIFESTS_DIR].contains(&name.as_ref()) {
+            if ![
+                MANIFEST_FILE,
+                &manifest_tmp,
+                SHARDS_DIR,
+                WORKER_MANIFESTS_DIR,
+            ]
+            .contains(&name.as_ref())
+            {
                 return Err(Error::flag(
                     "--out",
                     format!("{} holds `{name}`, which is not part of a taidcache cache; choose an empty or new directory", out.display()),
@@ -402,6 +412,11 @@ fn prepare_out(
         }
     }
     // Leftovers of a killed run: never listed anywhere, safe to delete.
+    // (With several workers another process may be writing manifest.json right now: leave it.)
+    let manifest_tmp = crate::cache::tmp_path(&out.join(MANIFEST_FILE));
+    if opts.workers == 1 && manifest_tmp.exists() {
+        std::fs::remove_file(&manifest_tmp).at(&manifest_tmp)?;
+    }
     for entry in std::fs::read_dir(&shards_dir).at(&shards_dir)? {
         let path = entry.at(&shards_dir)?.path();
         if path.extension().is_some_and(|e| e == "tmp") {
