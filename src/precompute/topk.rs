@@ -155,7 +155,7 @@ fn exp_le0<const FMA: bool>(d: f32) -> f32 {
 
 /// Elements ahead of the current chunk whose cache lines are requested early: the chunk loop
 /// computes too much per byte for the hardware prefetcher alone to keep the memory bus busy.
-const PREFETCH_AHEAD: usize = 4 * CHUNK;
+const PREFETCH_AHEAD: usize = 8 * CHUNK;
 
 /// Ask for the cache lines of `row[from..from + len]` (clamped to the row).
 #[inline(always)]
