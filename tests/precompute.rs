@@ -409,3 +409,24 @@ fn a_manifest_write_cut_by_a_kill_does_not_block_the_rerun() {
     assert!(!opts.out.join("manifest.json.tmp").exists());
     assert_same_rows(&read_rows(&opts.out), &reference);
 }
+
+#[test]
+fn a_starting_worker_deletes_only_its_own_unfinished_shards() {
+    let fx = Fixture::new(taidcache::model::Architecture::Llama, 20);
+    let mut o = options(&fx, "cache");
+    o.workers = 2;
+    o.worker = 0;
+    std::fs::create_dir_all(o.out.join("shards")).unwrap();
+    // Worker 1 is writing shard 1 right now; worker 0 was killed while writing shard 0.
+    let theirs = o.out.join("shards/part-00001.parquet.tmp");
+    let ours = o.out.join("shards/part-00000.parquet.tmp");
+    std::fs::write(&theirs, b"being written by worker 1").unwrap();
+    std::fs::write(&ours, b"left by a kill").unwrap();
+    precompute::run(&o, &mut Vec::new()).unwrap();
+    assert!(
+        theirs.exists(),
+        "worker 0 deleted worker 1's shard in progress"
+    );
+    assert!(!ours.exists());
+    assert!(o.out.join("shards/part-00000.parquet").exists());
+}

@@ -417,9 +417,19 @@ fn prepare_out(
     if opts.workers == 1 && manifest_tmp.exists() {
         std::fs::remove_file(&manifest_tmp).at(&manifest_tmp)?;
     }
+    // A shard's `.tmp` is this worker's leftover only if the shard is this worker's: another
+    // worker may be writing its own right now.
+    let ours = |name: &str| {
+        let index = name
+            .strip_prefix("part-")
+            .and_then(|rest| rest.strip_suffix(".parquet.tmp"))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        index.is_some_and(|i| i % opts.workers as u64 == opts.worker as u64)
+    };
     for entry in std::fs::read_dir(&shards_dir).at(&shards_dir)? {
         let path = entry.at(&shards_dir)?.path();
-        if path.extension().is_some_and(|e| e == "tmp") {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().is_some_and(ours) {
             std::fs::remove_file(&path).at(&path)?;
         }
     }
