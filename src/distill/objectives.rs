@@ -54,6 +54,19 @@ pub enum Objective {
 }
 
 impl Objective {
+    /// Every objective, in `--objective`'s order.
+    pub const ALL: [Objective; 9] = [
+        Objective::Taid,
+        Objective::TaidLinear,
+        Objective::Kl,
+        Objective::Rkl,
+        Objective::Tvd,
+        Objective::SkewKl,
+        Objective::SkewRkl,
+        Objective::Gjs,
+        Objective::Ce,
+    ];
+
     /// Whether the target is TAID's interpolation `p_t` (else the completed teacher).
     pub fn is_taid(self) -> bool {
         matches!(self, Objective::Taid | Objective::TaidLinear)
@@ -556,18 +569,8 @@ mod tests {
     use super::*;
     use crate::testing::Normal;
 
-    const ALL: [Objective; 9] = [
-        Objective::Taid,
-        Objective::TaidLinear,
-        Objective::Kl,
-        Objective::Rkl,
-        Objective::Tvd,
-        Objective::SkewKl,
-        Objective::SkewRkl,
-        Objective::Gjs,
-        Objective::Ce,
-    ];
-    const TAILS: [TailMode; 3] = [TailMode::Student, TailMode::Uniform, TailMode::Renorm];
+    const ALL: [Objective; 9] = Objective::ALL;
+    const TAILS: [TailMode; 3] = TailMode::ALL;
 
     fn log_softmax(x: &[f64]) -> Vec<f64> {
         let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

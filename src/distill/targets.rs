@@ -46,6 +46,11 @@ pub enum TailMode {
     Renorm,
 }
 
+impl TailMode {
+    /// Every tail mode, in `--tail`'s order.
+    pub const ALL: [TailMode; 3] = [TailMode::Student, TailMode::Uniform, TailMode::Renorm];
+}
+
 /// One position's cached teacher record. `ids` and `logprobs` have length k.
 #[derive(Clone, Copy, Debug)]
 pub struct Record<'a, T> {

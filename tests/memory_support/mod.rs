@@ -163,19 +163,9 @@ impl LossInputs {
     }
 }
 
-pub const ALL_OBJECTIVES: [Objective; 9] = [
-    Objective::Taid,
-    Objective::TaidLinear,
-    Objective::Kl,
-    Objective::Rkl,
-    Objective::Tvd,
-    Objective::SkewKl,
-    Objective::SkewRkl,
-    Objective::Gjs,
-    Objective::Ce,
-];
+pub const ALL_OBJECTIVES: [Objective; 9] = Objective::ALL;
 
-pub const ALL_TAILS: [TailMode; 3] = [TailMode::Student, TailMode::Uniform, TailMode::Renorm];
+pub const ALL_TAILS: [TailMode; 3] = TailMode::ALL;
 
 /// A loss setting every objective accepts (None for rkl with the renorm tail, which is refused).
 pub fn loss_config(objective: Objective, tail: TailMode) -> Option<LossConfig> {
