@@ -87,10 +87,6 @@ impl Encoding {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.name() == name)
-    }
-
     /// The format version a cache of this encoding carries.
     pub fn format_version(self) -> u32 {
         match self {
