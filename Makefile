@@ -59,6 +59,9 @@ ifneq ($(filter topk,$(BENCHES)),)
 		$(CARGO) bench --locked --bench topk -- $(BENCH_ARGS) '^topk/select/151936$$'
 	$(PYTHON) benches/peers/topk_numpy.py
 endif
+ifneq ($(filter storage,$(BENCHES)),)
+	$(PYTHON) benches/storage_floor.py
+endif
 ifneq ($(filter loader,$(BENCHES)),)
 	$(PYTHON) benches/peers/loader_pyarrow.py
 	$(PYTHON) benches/data_wait.py

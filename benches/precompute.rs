@@ -1,5 +1,6 @@
 //! Precompute overlap: a whole `precompute::run` (tokens → teacher → top-k → zstd Parquet shards
-//! and manifest) against the teacher forward passes alone (hidden states and lm_head logits) on
+//! and manifest) against the teacher forward passes alone (hidden states and lm_head logits, in the
+//! logits chunks precompute uses: `precompute::forward_chunks` with the chunks dropped) on
 //! the same number of batches of the same shape. The difference is what top-k, encoding,
 //! compression and writing add on top of the forward, i.e. what the pipeline fails to hide.
 //!
@@ -8,13 +9,18 @@
 //! batches of 4; k = 50. Throughput in tokens. `startup` is a whole run over a one-sequence
 //! corpus: the fixed cost (loading and hashing the teacher, tokenizer and corpus, one forward,
 //! the manifest) that `full` pays once and a real, hours-long run amortizes.
+//!
+//! The two sides are also timed in alternation after the criterion groups, `PAIRS` rounds in
+//! the order full, forward, forward, full, ..., because on a shared machine two groups measured
+//! a minute apart can drift by 10% apart from any code change: the median of the per-round
+//! ratios full / forward goes to `target/bench-results/precompute.json` for `make bench`.
 
 use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use taidcache::model::{Architecture, Mode, ModelDir};
+use criterion::{criterion_group, Criterion, Throughput};
+use taidcache::model::{Architecture, ModelDir};
 use taidcache::precompute::{self, PrecomputeOptions};
 use taidcache::testing::{write_tiny_model, TinySpec};
 
@@ -52,16 +58,28 @@ fn fixture(dir: &Path, seqs: usize) -> PrecomputeOptions {
     o
 }
 
-fn bench(c: &mut Criterion) {
-    // As the `taidcache` binary runs (see `single_threaded_candle_ops`).
+const PAIRS: usize = 6;
+
+/// Everything both sides of the comparison need.
+struct Setup {
+    _dir: tempfile::TempDir,
+    opts: PrecomputeOptions,
+    one: PrecomputeOptions,
+    sequences: usize,
+    teacher: taidcache::model::Decoder,
+    ids: Tensor,
+}
+
+fn setup() -> Setup {
+    // As the `taidcache` binary runs (see `single_threaded_candle_ops`, `keep_freed_memory`).
     taidcache::single_threaded_candle_ops();
+    taidcache::keep_freed_memory();
     let dir = tempfile::tempdir().unwrap();
     let opts = fixture(dir.path(), SEQS);
     let one = fixture(dir.path(), 1);
     // One run to learn the number of sequences the corpus packs into.
     let summary = precompute::run(&opts, &mut Vec::new()).unwrap();
     let sequences = summary.total_sequences as usize;
-    let batches = sequences.div_ceil(BATCH);
     let teacher = ModelDir::open(&opts.teacher)
         .unwrap()
         .load(DType::F32, &Device::Cpu)
@@ -71,35 +89,142 @@ fn bench(c: &mut Criterion) {
         .collect();
     let ids = Tensor::from_slice(&ids, (BATCH, SEQ_LEN), &Device::Cpu).unwrap();
 
+    Setup {
+        _dir: dir,
+        opts,
+        one,
+        sequences,
+        teacher,
+        ids,
+    }
+}
+
+impl Setup {
+    fn full(&self) {
+        std::fs::remove_dir_all(&self.opts.out).unwrap();
+        precompute::run(&self.opts, &mut Vec::new()).unwrap();
+    }
+
+    fn forward_only(&self) {
+        for _ in 0..self.sequences.div_ceil(BATCH) {
+            precompute::forward_chunks(&self.teacher, &self.ids, 50, |chunk| {
+                std::hint::black_box(chunk);
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let s = setup();
     let mut group = c.benchmark_group("precompute");
     group.sample_size(10);
-    group.throughput(Throughput::Elements((sequences * SEQ_LEN) as u64));
-    group.bench_function("full", |b| {
-        b.iter(|| {
-            std::fs::remove_dir_all(&opts.out).unwrap();
-            precompute::run(&opts, &mut Vec::new()).unwrap()
-        })
-    });
+    group.throughput(Throughput::Elements((s.sequences * SEQ_LEN) as u64));
+    group.bench_function("full", |b| b.iter(|| s.full()));
     group.throughput(Throughput::Elements(SEQ_LEN as u64));
     group.bench_function("startup", |b| {
         b.iter(|| {
-            let _ = std::fs::remove_dir_all(&one.out);
-            precompute::run(&one, &mut Vec::new()).unwrap()
+            let _ = std::fs::remove_dir_all(&s.one.out);
+            precompute::run(&s.one, &mut Vec::new()).unwrap()
         })
     });
-    group.throughput(Throughput::Elements((sequences * SEQ_LEN) as u64));
-    group.bench_function("forward_only", |b| {
-        b.iter(|| {
-            for _ in 0..batches {
-                let hidden = teacher.forward_hidden(&ids, Mode::Infer).unwrap();
-                let hidden = hidden.reshape((BATCH * SEQ_LEN, 256)).unwrap();
-                let logits = teacher.logits(&hidden).unwrap();
-                std::hint::black_box(logits);
-            }
-        })
-    });
+    group.throughput(Throughput::Elements((s.sequences * SEQ_LEN) as u64));
+    group.bench_function("forward_only", |b| b.iter(|| s.forward_only()));
     group.finish();
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (v[(n - 1) / 2] + v[n / 2]) / 2.0
+}
+
+/// Full and forward-only runs in alternation; the median per-round ratio.
+fn paired() {
+    let s = setup();
+    let time = |f: &dyn Fn()| {
+        let t0 = std::time::Instant::now();
+        f();
+        t0.elapsed().as_secs_f64()
+    };
+    s.full();
+    s.forward_only();
+    let (mut full, mut fwd, mut ratios) = (vec![], vec![], vec![]);
+    for round in 0..PAIRS {
+        let (a, b) = if round % 2 == 0 {
+            let a = time(&|| s.full());
+            (a, time(&|| s.forward_only()))
+        } else {
+            let b = time(&|| s.forward_only());
+            (time(&|| s.full()), b)
+        };
+        full.push(a);
+        fwd.push(b);
+        ratios.push(a / b);
+    }
+    let (f, w, r) = (median(full), median(fwd), median(ratios.clone()));
+    println!(
+        "precompute paired, {PAIRS} rounds: full {f:.3} s, forward only {w:.3} s (medians), \
+         full / forward {r:.3} (median of {ratios:.3?})"
+    );
+    let results = serde_json::json!([
+        {"name": "precompute.paired.full_s", "value": f, "unit": "s"},
+        {"name": "precompute.paired.forward_only_s", "value": w, "unit": "s"},
+        {"name": "precompute.paired.ratio", "value": r, "unit": "ratio"},
+    ]);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let out = target.join("bench-results");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("precompute.json"),
+        serde_json::to_string_pretty(&results).unwrap(),
+    )
+    .unwrap();
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // Not for `--list`, `--profile-time` or a name filter (which selects criterion benches).
+    const WITH_VALUE: &[&str] = &[
+        "--color",
+        "-c",
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--output-format",
+        "--plotting-backend",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut skip = false;
+    let mut filtered = false;
+    for a in &args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if WITH_VALUE.contains(&a.as_str()) {
+            skip = true;
+        } else if a == "--list" || a == "--profile-time" || (!a.starts_with('-') && a != "paired") {
+            filtered = true;
+        }
+    }
+    if !filtered {
+        paired();
+    }
+}

@@ -4,14 +4,17 @@
 //! - `select`: taidcache's one-pass selection with normalizer and tail mass;
 //! - `max_pass`: a maximum over every row, the fastest pass that reads the same bytes (the
 //!   memory-bandwidth floor the selection is held against);
-//! - `full_sort`: the simple reference (full log-softmax and a sort of every row).
+//! - `full_sort`: the simple reference (full log-softmax and a sort of every row);
+//! - `select_cached_1t`, `max_cached_1t`: the first two on one thread over one row read `ROWS`
+//!   times, so that it comes from the cache: their compute cost alone, for the profile in
+//!   `docs/performance.md` (one-thread `select` ≈ memory time of `max_pass` + this compute).
 //!
 //! The 151,936-vocabulary rows are also written to `target/bench-data/topk/` for the numpy peer
 //! (`benches/peers/topk_numpy.py`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
-use taidcache::precompute::topk::{row_max, topk_row_by_sort, topk_rows};
+use taidcache::precompute::topk::{row_max, topk_row, topk_row_by_sort, topk_rows};
 use taidcache::testing::llm_like_logits;
 
 const ROWS: usize = 256;
@@ -37,6 +40,28 @@ fn bench(c: &mut Criterion) {
             (vec![0u32; ROWS * K], vec![0f32; ROWS * K], vec![0f32; ROWS]);
         group.bench_with_input(BenchmarkId::new("select", vocab), &logits, |b, logits| {
             b.iter(|| topk_rows(logits, vocab, K, &mut ids, &mut lp, &mut tail).unwrap())
+        });
+        // The same work on one row re-read ROWS times, so it comes from the cache: the
+        // selection's compute alone, and the max pass's, on one thread.
+        let hot = &logits[..vocab];
+        let (mut hot_ids, mut hot_lp) = (vec![0u32; K], vec![0f32; K]);
+        group.bench_with_input(
+            BenchmarkId::new("select_cached_1t", vocab),
+            hot,
+            |b, hot| {
+                b.iter(|| {
+                    for _ in 0..ROWS {
+                        topk_row(hot, &mut hot_ids, &mut hot_lp).unwrap();
+                    }
+                })
+            },
+        );
+        group.bench_with_input(BenchmarkId::new("max_cached_1t", vocab), hot, |b, hot| {
+            b.iter(|| {
+                for _ in 0..ROWS {
+                    std::hint::black_box(row_max(hot));
+                }
+            })
         });
         let mut maxima = vec![0f32; ROWS];
         group.bench_with_input(BenchmarkId::new("max_pass", vocab), &logits, |b, logits| {

@@ -430,3 +430,34 @@ fn a_starting_worker_deletes_only_its_own_unfinished_shards() {
     assert!(!ours.exists());
     assert!(o.out.join("shards/part-00000.parquet").exists());
 }
+
+#[test]
+fn a_teacher_with_non_finite_logits_fails_naming_the_position_and_leaves_no_complete_cache() {
+    let fx = Fixture::new(taidcache::model::Architecture::Llama, 20);
+    // The final norm's weights NaN: every logit of every position is NaN.
+    let weights = fx.teacher.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    let norm = tensors
+        .get("model.norm.weight")
+        .expect("final norm")
+        .clone();
+    let nan = Tensor::full(f32::NAN, norm.shape(), &Device::Cpu).unwrap();
+    tensors.insert("model.norm.weight".into(), nan);
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+
+    let opts = options(&fx, "cache");
+    let err = precompute::run(&opts, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    // The top-k thread's own error, not the teacher's "the top-k stage stopped".
+    assert!(
+        err.contains("non-finite logit") && err.contains("sequence 0 position 0"),
+        "{err}"
+    );
+    assert!(err.contains("try --dtype f32"), "{err}");
+    let manifest = opts.out.join("manifest.json");
+    if manifest.exists() {
+        let m = Manifest::load(&manifest).unwrap();
+        assert!(!m.complete && m.shards.is_empty(), "{m:?}");
+    }
+}

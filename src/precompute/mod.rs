@@ -1,11 +1,16 @@
 //! The precompute stage: corpus → teacher → top-k → cache.
 //!
-//! Three threads joined by bounded channels, so the teacher forward (the expensive part)
-//! overlaps tokenization on one side and encoding, compression and writing on the other:
+//! Four threads joined by bounded channels, so the teacher forward (the expensive part)
+//! overlaps tokenization on one side and top-k, encoding, compression and writing on the other:
 //!
 //! ```text
-//! producer: read + tokenize + pack ──Batch──▶ teacher: forward + top-k ──Rows──▶ writer: Parquet + manifest
+//! producer: read + tokenize + pack ──Batch──▶ teacher: forward ──logits chunks──▶
+//!     top-k ──Rows──▶ writer: Parquet + manifest
 //! ```
+//!
+//! The top-k thread's queue holds up to [`QUEUED_LOGITS_BYTES`] of logits; when it falls
+//! behind that far the teacher waits. On a GPU the top-k is taken on the device and only k ids
+//! and log-probs per position cross the queue.
 //!
 //! Sequence `i` of the packed corpus always lands in shard `i / shard_rows`, and a teacher batch
 //! never spans two shards, so a resumed run and a run split over `--workers N` compute exactly
@@ -54,8 +59,25 @@ pub mod defaults {
     pub const ZSTD_LEVEL: i32 = 3;
 }
 
-/// Logits are materialized for at most this many bytes at once (`[rows, vocab]` f32).
-const LOGITS_CHUNK_BYTES: usize = 128 << 20;
+/// Logits are materialized in chunks of at most this many bytes (`[rows, vocab]` f32): below
+/// the 32 MiB that [`crate::keep_freed_memory`] keeps in the heap, so a chunk reuses the
+/// memory of the one before instead of faulting in fresh pages (1.07 M page faults and 3.3 s
+/// of system time in 8 s of the precompute bench at 128 MiB, 68 K and 0.8 s at 24 MiB).
+const LOGITS_CHUNK_BYTES: usize = 24 << 20;
+/// Logits chunks that may wait for the top-k thread, in bytes: enough to ride out a batch
+/// whose top-k falls behind the forward for a while, bounded whatever the batch size.
+const QUEUED_LOGITS_BYTES: usize = 256 << 20;
+
+/// Rows per logits chunk of `teacher`.
+fn chunk_rows(teacher: &Decoder) -> usize {
+    (LOGITS_CHUNK_BYTES / 4 / teacher.config().vocab_size).max(1)
+}
+
+/// Capacity of the channel of logits chunks from the teacher to the top-k thread.
+fn queued_chunks(teacher: &Decoder) -> usize {
+    let chunk_bytes = chunk_rows(teacher) * teacher.config().vocab_size * 4;
+    (QUEUED_LOGITS_BYTES / chunk_bytes).max(1)
+}
 
 /// Everything `taidcache precompute` needs; the CLI and `--config` files fill it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -166,7 +188,7 @@ pub struct PrecomputeSummary {
     /// Whether the combined `manifest.json` exists (always for one worker; for several, once all are done).
     pub merged: bool,
     pub elapsed_s: f64,
-    /// Seconds the teacher thread spent in forward + top-k.
+    /// Seconds the teacher thread spent in the forward passes (the top-k runs beside it).
     pub teacher_s: f64,
 }
 
@@ -450,7 +472,22 @@ enum Work {
     },
 }
 
-/// Teacher → writer.
+/// Teacher → top-k.
+enum Selection {
+    Batch {
+        shard: u64,
+        rows: ShardBatch,
+        chunks: Receiver<Chunk>,
+    },
+    ShardEnd {
+        shard: u64,
+    },
+    End {
+        total_sequences: u64,
+    },
+}
+
+/// Top-k → writer.
 enum Rows {
     Batch { shard: u64, rows: ShardBatch },
     ShardEnd { shard: u64 },
@@ -480,6 +517,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
     let bytes_read = Arc::new(AtomicU64::new(0));
 
     let (work_tx, work_rx) = sync_channel::<Result<Work>>(2);
+    let (selection_tx, selection_rx) = sync_channel::<Selection>(1);
     let (rows_tx, rows_rx) = sync_channel::<Rows>(2);
     let resumed = done.len();
     let owned = {
@@ -525,20 +563,40 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
             let write_opts = &write_opts;
             scope.spawn(move || write_shards(rows_rx, manifest, &out_dir, &path, write_opts))
         };
-        let teacher_result = run_teacher(&teacher, opts, work_rx, rows_tx, &progress, &bytes_read);
+        let topk = {
+            let teacher_path = teacher.config().path.clone();
+            let seq_len = opts.seq_len;
+            scope.spawn(move || run_topk(&teacher_path, seq_len, selection_rx, rows_tx))
+        };
+        let teacher_result = run_teacher(
+            &teacher,
+            opts,
+            work_rx,
+            selection_tx,
+            &progress,
+            &bytes_read,
+        );
+        let topk_result = topk
+            .join()
+            .map_err(|_| Error::Internal("the top-k thread panicked".into()))?;
         let writer_result = writer
             .join()
             .map_err(|_| Error::Internal("the writer thread panicked".into()))?;
         producer
             .join()
             .map_err(|_| Error::Internal("the producer thread panicked".into()))?;
-        // The root cause wins over "the other side hung up".
-        match (teacher_result, writer_result) {
-            (Ok(t), Ok(w)) => Ok((t, w)),
-            (Err(e), Ok(_)) => Err(e),
-            (Ok(_), Err(e)) => Err(e),
-            (Err(Error::Internal(_)), Err(e)) => Err(e),
-            (Err(e), Err(_)) => Err(e),
+        // The root cause wins over "the other side hung up": the first stage, in pipeline
+        // order, that failed for a reason of its own.
+        match (teacher_result, topk_result, writer_result) {
+            (Ok(t), Ok(()), Ok(w)) => Ok((t, w)),
+            (t, k, w) => Err([t.err(), k.err(), w.err()]
+                .into_iter()
+                .flatten()
+                .reduce(|first, e| match first {
+                    Error::Internal(_) => e,
+                    first => first,
+                })
+                .unwrap_or_else(|| Error::Internal("a stage failed".into()))),
         }
     })?;
     progress.finish_and_clear();
@@ -685,16 +743,17 @@ fn produce(
     Ok(())
 }
 
-/// The teacher thread: forward every batch, take the top-k of every position, pass rows on.
+/// The teacher thread: forward every batch and hand its logits, chunk by chunk, to the top-k
+/// thread. Returns the seconds spent in the forward (lm_head included).
 fn run_teacher(
     teacher: &Decoder,
     opts: &PrecomputeOptions,
     rx: Receiver<Result<Work>>,
-    tx: SyncSender<Rows>,
+    tx: SyncSender<Selection>,
     progress: &indicatif::ProgressBar,
     bytes_read: &AtomicU64,
 ) -> Result<f64> {
-    let hung_up = || Error::Internal("the writer stage stopped".into());
+    let hung_up = || Error::Internal("the top-k stage stopped".into());
     let mut busy = 0.0;
     let mut tokens = 0u64;
     let started = Instant::now();
@@ -702,7 +761,25 @@ fn run_teacher(
         match work? {
             Work::Batch { shard, seqs } => {
                 let t0 = Instant::now();
-                let rows = teacher_rows(teacher, &seqs, opts.top_k)?;
+                let rows = batch_rows(&seqs, opts.top_k);
+                // The chunks of one batch go through their own channel, so the top-k thread
+                // takes them in order while this thread computes the next ones.
+                let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(queued_chunks(teacher));
+                let input = Tensor::from_slice(
+                    &rows.input_ids,
+                    (seqs.len(), opts.seq_len),
+                    teacher.device(),
+                )
+                .ctx("teacher input")?;
+                tx.send(Selection::Batch {
+                    shard,
+                    rows,
+                    chunks: chunk_rx,
+                })
+                .map_err(|_| hung_up())?;
+                forward_chunks(teacher, &input, opts.top_k, |chunk| {
+                    chunk_tx.send(chunk).map_err(|_| hung_up())
+                })?;
                 busy += t0.elapsed().as_secs_f64();
                 tokens += (seqs.len() * opts.seq_len) as u64;
                 progress.set_position(bytes_read.load(Ordering::Relaxed));
@@ -711,12 +788,12 @@ fn run_teacher(
                     tokens,
                     tokens as f64 / started.elapsed().as_secs_f64()
                 ));
-                tx.send(Rows::Batch { shard, rows })
-                    .map_err(|_| hung_up())?;
             }
-            Work::ShardEnd { shard } => tx.send(Rows::ShardEnd { shard }).map_err(|_| hung_up())?,
+            Work::ShardEnd { shard } => tx
+                .send(Selection::ShardEnd { shard })
+                .map_err(|_| hung_up())?,
             Work::End { total_sequences } => {
-                tx.send(Rows::End { total_sequences })
+                tx.send(Selection::End { total_sequences })
                     .map_err(|_| hung_up())?;
                 return Ok(busy);
             }
@@ -725,100 +802,213 @@ fn run_teacher(
     Err(Error::Internal("the producer stage stopped".into()))
 }
 
-/// One teacher batch: forward over all positions, top-k of each, in the cache's flat layout.
-pub fn teacher_rows(teacher: &Decoder, seqs: &[PackedSequence], k: usize) -> Result<ShardBatch> {
-    let (b, s) = (seqs.len(), seqs[0].input_ids.len());
-    let vocab = teacher.config().vocab_size;
+/// The top-k thread: select the top-k of every chunk of logits into its batch's rows, pass
+/// finished batches on to the writer.
+fn run_topk(
+    teacher_path: &Path,
+    seq_len: usize,
+    rx: Receiver<Selection>,
+    tx: SyncSender<Rows>,
+) -> Result<()> {
+    let hung_up = || Error::Internal("the writer stage stopped".into());
+    for selection in rx {
+        match selection {
+            Selection::Batch {
+                shard,
+                rows,
+                chunks,
+            } => {
+                let mut batch = Selected::new(rows, teacher_path, seq_len);
+                for chunk in chunks {
+                    batch.add(chunk)?;
+                }
+                let rows = batch.finish()?;
+                tx.send(Rows::Batch { shard, rows })
+                    .map_err(|_| hung_up())?;
+            }
+            Selection::ShardEnd { shard } => {
+                tx.send(Rows::ShardEnd { shard }).map_err(|_| hung_up())?
+            }
+            Selection::End { total_sequences } => {
+                tx.send(Rows::End { total_sequences })
+                    .map_err(|_| hung_up())?;
+                return Ok(());
+            }
+        }
+    }
+    Err(Error::Internal("the teacher stage stopped".into()))
+}
+
+/// A batch's rows as the producer packed them (sequence ids, input ids, loss masks), with the
+/// top-k buffers sized and still empty.
+fn batch_rows(seqs: &[PackedSequence], k: usize) -> ShardBatch {
+    let s = seqs[0].input_ids.len();
     let mut rows = ShardBatch::new(s, k);
     for seq in seqs {
         rows.seq_ids.push(seq.seq_id);
         rows.input_ids.extend_from_slice(&seq.input_ids);
         rows.loss_mask.extend_from_slice(&seq.loss_mask);
     }
-    let ids = Tensor::from_slice(&rows.input_ids, (b, s), teacher.device()).ctx("teacher input")?;
+    let positions = seqs.len() * s;
+    rows.topk_ids.resize(positions * k, 0);
+    rows.topk_logprobs.resize(positions * k, half::f16::ZERO);
+    rows.tail_logmass.resize(positions, 0.0);
+    rows
+}
+
+/// Consecutive positions of a batch, from `start`.
+pub enum Chunk {
+    /// `[n, vocab]` f32 logits on the host: the top-k is still to be taken.
+    Logits { start: usize, logits: Tensor },
+    /// Selected on the device: `n · k` ids and log-probs, `n` tail log-masses.
+    Selected {
+        start: usize,
+        ids: Vec<u32>,
+        logprobs: Vec<f32>,
+        tails: Vec<f32>,
+    },
+}
+
+/// Run the teacher over `input` (`[batch, seq_len]` token ids) and pass its logits on in chunks
+/// of at most [`LOGITS_CHUNK_BYTES`]; on a GPU the top-k is taken there first.
+pub fn forward_chunks(
+    teacher: &Decoder,
+    input: &Tensor,
+    k: usize,
+    mut emit: impl FnMut(Chunk) -> Result<()>,
+) -> Result<()> {
+    let (b, s) = input.dims2().ctx("teacher input")?;
     let hidden = teacher
-        .forward_hidden(&ids, Mode::Infer)
+        .forward_hidden(input, Mode::Infer)
         .ctx("teacher forward")?;
     let hidden = hidden
         .reshape((b * s, hidden.dim(2).ctx("teacher forward")?))
         .ctx("teacher forward")?;
-
     let positions = b * s;
-    rows.topk_ids.resize(positions * k, 0);
-    rows.topk_logprobs.resize(positions * k, half::f16::ZERO);
-    rows.tail_logmass.resize(positions, 0.0);
-    let mut logprobs = vec![0f32; positions * k];
-    let chunk = (LOGITS_CHUNK_BYTES / 4 / vocab).max(1);
+    let chunk = chunk_rows(teacher);
     let mut start = 0;
     while start < positions {
         let n = chunk.min(positions - start);
         let logits = teacher
             .logits(&hidden.narrow(0, start, n).ctx("lm_head")?)
             .ctx("lm_head")?;
-        if !logits.device().is_cpu() {
+        if logits.device().is_cpu() {
+            emit(Chunk::Logits { start, logits })?;
+        } else {
             // On a GPU: top-k and tail on the device; only [n, k] ids and log-probs and [n]
             // tails come back.
             let (ids, lp, tail) =
                 device_topk::topk_blocks(&logits, k).ctx("top-k on the device")?;
             let host = |t: Tensor| t.flatten_all().and_then(|t| t.to_device(&Device::Cpu));
-            let ids: Vec<u32> = host(ids)
-                .and_then(|t| t.to_vec1())
-                .ctx("copying top-k ids")?;
-            let lp: Vec<f32> = host(lp)
-                .and_then(|t| t.to_vec1())
-                .ctx("copying top-k log-probs")?;
-            let tail: Vec<f32> = host(tail).and_then(|t| t.to_vec1()).ctx("copying tails")?;
-            if let Some(p) = lp.iter().position(|x| !x.is_finite()) {
-                let p = start + p / k;
-                return Err(Error::cache(
-                    &teacher.config().path,
-                    format!(
-                        "the teacher produced a non-finite logit at sequence {} position {}; try --dtype f32",
-                        seqs[p / s].seq_id,
-                        p % s
-                    ),
-                ));
-            }
-            rows.topk_ids[start * k..(start + n) * k].copy_from_slice(&ids);
-            logprobs[start * k..(start + n) * k].copy_from_slice(&lp);
-            rows.tail_logmass[start..start + n].copy_from_slice(&tail);
-            start += n;
-            continue;
+            emit(Chunk::Selected {
+                start,
+                ids: host(ids)
+                    .and_then(|t| t.to_vec1())
+                    .ctx("copying top-k ids")?,
+                logprobs: host(lp)
+                    .and_then(|t| t.to_vec1())
+                    .ctx("copying top-k log-probs")?,
+                tails: host(tail).and_then(|t| t.to_vec1()).ctx("copying tails")?,
+            })?;
         }
-        let logits = logits
-            .to_device(&Device::Cpu)
-            .ctx("copying logits to the host")?;
-        let (storage, layout) = logits.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Err(Error::Internal("logits are not on the host".into()));
-        };
-        let data = cpu.as_slice::<f32>().ctx("logits")?;
-        let (lo, hi) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| Error::Internal("logits are not contiguous".into()))?;
-        topk::topk_rows(
-            &data[lo..hi],
-            vocab,
-            k,
-            &mut rows.topk_ids[start * k..(start + n) * k],
-            &mut logprobs[start * k..(start + n) * k],
-            &mut rows.tail_logmass[start..start + n],
-        )
-        .map_err(|(r, v)| {
-            let p = start + r;
-            Error::cache(
-                &teacher.config().path,
-                format!(
-                    "the teacher produced a non-finite logit (token {v}) at sequence {} position {}; try --dtype f32",
-                    seqs[p / s].seq_id,
-                    p % s
-                ),
-            )
-        })?;
         start += n;
     }
-    rows.topk_logprobs.convert_from_f32_slice(&logprobs);
-    Ok(rows)
+    Ok(())
+}
+
+/// A batch being filled with the top-k of its chunks.
+pub struct Selected<'a> {
+    rows: ShardBatch,
+    /// f32 log-probs, `[positions, k]`, converted to f16 once the batch is complete.
+    logprobs: Vec<f32>,
+    teacher_path: &'a Path,
+    seq_len: usize,
+}
+
+impl<'a> Selected<'a> {
+    pub fn new(rows: ShardBatch, teacher_path: &'a Path, seq_len: usize) -> Self {
+        let logprobs = vec![0f32; rows.topk_ids.len()];
+        Self {
+            rows,
+            logprobs,
+            teacher_path,
+            seq_len,
+        }
+    }
+
+    fn non_finite(&self, position: usize, token: Option<usize>) -> Error {
+        let (seq, pos) = (position / self.seq_len, position % self.seq_len);
+        let token = token.map(|v| format!(" (token {v})")).unwrap_or_default();
+        Error::cache(
+            self.teacher_path,
+            format!(
+                "the teacher produced a non-finite logit{token} at sequence {} position {pos}; try --dtype f32",
+                self.rows.seq_ids[seq]
+            ),
+        )
+    }
+
+    pub fn add(&mut self, chunk: Chunk) -> Result<()> {
+        let k = self.rows.k;
+        match chunk {
+            Chunk::Selected {
+                start,
+                ids,
+                logprobs,
+                tails,
+            } => {
+                if let Some(p) = logprobs.iter().position(|x| !x.is_finite()) {
+                    return Err(self.non_finite(start + p / k, None));
+                }
+                let n = tails.len();
+                self.rows.topk_ids[start * k..(start + n) * k].copy_from_slice(&ids);
+                self.logprobs[start * k..(start + n) * k].copy_from_slice(&logprobs);
+                self.rows.tail_logmass[start..start + n].copy_from_slice(&tails);
+            }
+            Chunk::Logits { start, logits } => {
+                let (n, vocab) = logits.dims2().ctx("logits")?;
+                let (storage, layout) = logits.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else {
+                    return Err(Error::Internal("logits are not on the host".into()));
+                };
+                let data = cpu.as_slice::<f32>().ctx("logits")?;
+                let (lo, hi) = layout
+                    .contiguous_offsets()
+                    .ok_or_else(|| Error::Internal("logits are not contiguous".into()))?;
+                let result = topk::topk_rows(
+                    &data[lo..hi],
+                    vocab,
+                    k,
+                    &mut self.rows.topk_ids[start * k..(start + n) * k],
+                    &mut self.logprobs[start * k..(start + n) * k],
+                    &mut self.rows.tail_logmass[start..start + n],
+                );
+                if let Err((r, v)) = result {
+                    return Err(self.non_finite(start + r, Some(v)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<ShardBatch> {
+        self.rows
+            .topk_logprobs
+            .convert_from_f32_slice(&self.logprobs);
+        Ok(self.rows)
+    }
+}
+
+/// One teacher batch, forward and top-k one after the other on this thread, in the cache's
+/// flat layout (precompute runs the two on separate threads).
+pub fn teacher_rows(teacher: &Decoder, seqs: &[PackedSequence], k: usize) -> Result<ShardBatch> {
+    let rows = batch_rows(seqs, k);
+    let s = rows.seq_len;
+    let input = Tensor::from_slice(&rows.input_ids, (seqs.len(), s), teacher.device())
+        .ctx("teacher input")?;
+    let mut selected = Selected::new(rows, &teacher.config().path, s);
+    forward_chunks(teacher, &input, k, |chunk| selected.add(chunk))?;
+    selected.finish()
 }
 
 /// The writer thread: stream rows into shard files, publish each finished shard in the manifest.
