@@ -16,6 +16,29 @@ use crate::error::{Error, IoContext, Result};
 /// Check the worker manifests of `cache` against each other and write the combined
 /// `CACHE/manifest.json` (worker: None, complete: true) atomically; return it.
 pub fn merge(cache: &Path) -> Result<Manifest> {
+    // Workers that finish at the same moment each merge: one at a time, or the second one's
+    // rename of `manifest.json.tmp` finds the first one's already moved.
+    let dir = cache.join(WORKER_MANIFESTS_DIR);
+    let _lock = if dir.is_dir() {
+        let path = dir.join(MERGE_LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        file.lock().at(&path)?;
+        Some(file)
+    } else {
+        None
+    };
+    merge_unlocked(cache)
+}
+
+/// Lock file in the worker-manifest folder held for the length of a [`merge`].
+pub const MERGE_LOCK_FILE: &str = ".merge.lock";
+
+fn merge_unlocked(cache: &Path) -> Result<Manifest> {
     let dir = cache.join(WORKER_MANIFESTS_DIR);
     if !dir.exists() {
         // A single-process cache (or one whose workers were merged and cleaned up) is already
@@ -283,6 +306,23 @@ mod tests {
         assert_eq!(m.total_sequences, Some(24));
         assert_eq!(Manifest::load(&dir.path().join(MANIFEST_FILE)).unwrap(), m);
         assert_eq!(m.shards, sample_manifest(6, 4).shards);
+    }
+
+    #[test]
+    fn concurrent_merges_of_the_same_workers_all_succeed_with_the_same_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        write_workers(dir.path());
+        for _ in 0..20 {
+            let results: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4).map(|_| s.spawn(|| merge(dir.path()))).collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in &results {
+                let m = r.as_ref().map_err(|e| e.to_string()).unwrap();
+                assert_eq!(m.shards, sample_manifest(6, 4).shards);
+            }
+        }
+        assert!(!dir.path().join("manifest.json.tmp").exists());
     }
 
     #[test]
