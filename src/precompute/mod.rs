@@ -188,7 +188,8 @@ pub struct PrecomputeSummary {
     /// Whether the combined `manifest.json` exists (always for one worker; for several, once all are done).
     pub merged: bool,
     pub elapsed_s: f64,
-    /// Seconds the teacher thread spent in the forward passes (the top-k runs beside it).
+    /// Seconds the teacher thread spent in the forward passes, waits for a full top-k queue
+    /// included (the top-k runs beside it).
     pub teacher_s: f64,
 }
 
@@ -565,8 +566,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         };
         let topk = {
             let teacher_path = teacher.config().path.clone();
-            let seq_len = opts.seq_len;
-            scope.spawn(move || run_topk(&teacher_path, seq_len, selection_rx, rows_tx))
+            scope.spawn(move || run_topk(&teacher_path, selection_rx, rows_tx))
         };
         let teacher_result = run_teacher(
             &teacher,
@@ -744,7 +744,7 @@ fn produce(
 }
 
 /// The teacher thread: forward every batch and hand its logits, chunk by chunk, to the top-k
-/// thread. Returns the seconds spent in the forward (lm_head included).
+/// thread. Returns the seconds spent per batch (forward, lm_head, and waits for the queue).
 fn run_teacher(
     teacher: &Decoder,
     opts: &PrecomputeOptions,
@@ -804,12 +804,7 @@ fn run_teacher(
 
 /// The top-k thread: select the top-k of every chunk of logits into its batch's rows, pass
 /// finished batches on to the writer.
-fn run_topk(
-    teacher_path: &Path,
-    seq_len: usize,
-    rx: Receiver<Selection>,
-    tx: SyncSender<Rows>,
-) -> Result<()> {
+fn run_topk(teacher_path: &Path, rx: Receiver<Selection>, tx: SyncSender<Rows>) -> Result<()> {
     let hung_up = || Error::Internal("the writer stage stopped".into());
     for selection in rx {
         match selection {
@@ -818,11 +813,11 @@ fn run_topk(
                 rows,
                 chunks,
             } => {
-                let mut batch = Selected::new(rows, teacher_path, seq_len);
+                let mut batch = Selected::new(rows, teacher_path);
                 for chunk in chunks {
                     batch.add(chunk)?;
                 }
-                let rows = batch.finish()?;
+                let rows = batch.finish();
                 tx.send(Rows::Batch { shard, rows })
                     .map_err(|_| hung_up())?;
             }
@@ -917,27 +912,26 @@ pub fn forward_chunks(
 }
 
 /// A batch being filled with the top-k of its chunks.
-pub struct Selected<'a> {
+struct Selected<'a> {
     rows: ShardBatch,
     /// f32 log-probs, `[positions, k]`, converted to f16 once the batch is complete.
     logprobs: Vec<f32>,
     teacher_path: &'a Path,
-    seq_len: usize,
 }
 
 impl<'a> Selected<'a> {
-    pub fn new(rows: ShardBatch, teacher_path: &'a Path, seq_len: usize) -> Self {
+    fn new(rows: ShardBatch, teacher_path: &'a Path) -> Self {
         let logprobs = vec![0f32; rows.topk_ids.len()];
         Self {
             rows,
             logprobs,
             teacher_path,
-            seq_len,
         }
     }
 
     fn non_finite(&self, position: usize, token: Option<usize>) -> Error {
-        let (seq, pos) = (position / self.seq_len, position % self.seq_len);
+        let s = self.rows.seq_len;
+        let (seq, pos) = (position / s, position % s);
         let token = token.map(|v| format!(" (token {v})")).unwrap_or_default();
         Error::cache(
             self.teacher_path,
@@ -948,7 +942,7 @@ impl<'a> Selected<'a> {
         )
     }
 
-    pub fn add(&mut self, chunk: Chunk) -> Result<()> {
+    fn add(&mut self, chunk: Chunk) -> Result<()> {
         let k = self.rows.k;
         match chunk {
             Chunk::Selected {
@@ -991,24 +985,12 @@ impl<'a> Selected<'a> {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<ShardBatch> {
+    fn finish(mut self) -> ShardBatch {
         self.rows
             .topk_logprobs
             .convert_from_f32_slice(&self.logprobs);
-        Ok(self.rows)
+        self.rows
     }
-}
-
-/// One teacher batch, forward and top-k one after the other on this thread, in the cache's
-/// flat layout (precompute runs the two on separate threads).
-pub fn teacher_rows(teacher: &Decoder, seqs: &[PackedSequence], k: usize) -> Result<ShardBatch> {
-    let rows = batch_rows(seqs, k);
-    let s = rows.seq_len;
-    let input = Tensor::from_slice(&rows.input_ids, (seqs.len(), s), teacher.device())
-        .ctx("teacher input")?;
-    let mut selected = Selected::new(rows, &teacher.config().path, s);
-    forward_chunks(teacher, &input, k, |chunk| selected.add(chunk))?;
-    selected.finish()
 }
 
 /// The writer thread: stream rows into shard files, publish each finished shard in the manifest.
