@@ -15,6 +15,9 @@
 //! a minute apart can drift by 10% apart from any code change: the median of the per-round
 //! ratios full / forward goes to `target/bench-results/precompute.json` for `make bench`.
 
+#[path = "common/paired.rs"]
+mod paired;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -134,55 +137,25 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (v[(n - 1) / 2] + v[n / 2]) / 2.0
-}
-
 /// Full and forward-only runs in alternation; the median per-round ratio.
 fn paired() {
     let s = setup();
-    let time = |f: &dyn Fn()| {
-        let t0 = std::time::Instant::now();
-        f();
-        t0.elapsed().as_secs_f64()
-    };
     s.full();
     s.forward_only();
-    let (mut full, mut fwd, mut ratios) = (vec![], vec![], vec![]);
-    for round in 0..PAIRS {
-        let (a, b) = if round % 2 == 0 {
-            let a = time(&|| s.full());
-            (a, time(&|| s.forward_only()))
-        } else {
-            let b = time(&|| s.forward_only());
-            (time(&|| s.full()), b)
-        };
-        full.push(a);
-        fwd.push(b);
-        ratios.push(a / b);
-    }
-    let (f, w, r) = (median(full), median(fwd), median(ratios.clone()));
+    let (full, fwd) = paired::alternate(PAIRS, || s.full(), || s.forward_only());
+    let (f, w, r, ratios) = paired::summarize(&full, &fwd);
     println!(
         "precompute paired, {PAIRS} rounds: full {f:.3} s, forward only {w:.3} s (medians), \
          full / forward {r:.3} (median of {ratios:.3?})"
     );
-    let results = serde_json::json!([
-        {"name": "precompute.paired.full_s", "value": f, "unit": "s"},
-        {"name": "precompute.paired.forward_only_s", "value": w, "unit": "s"},
-        {"name": "precompute.paired.ratio", "value": r, "unit": "ratio"},
-    ]);
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let out = target.join("bench-results");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("precompute.json"),
-        serde_json::to_string_pretty(&results).unwrap(),
-    )
-    .unwrap();
+    paired::write_results(
+        "precompute.json",
+        &serde_json::json!([
+            {"name": "precompute.paired.full_s", "value": f, "unit": "s"},
+            {"name": "precompute.paired.forward_only_s", "value": w, "unit": "s"},
+            {"name": "precompute.paired.ratio", "value": r, "unit": "ratio"},
+        ]),
+    );
 }
 
 criterion_group!(benches, bench);
@@ -190,41 +163,7 @@ criterion_group!(benches, bench);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    // Not for `--list`, `--profile-time` or a name filter (which selects criterion benches).
-    const WITH_VALUE: &[&str] = &[
-        "--color",
-        "-c",
-        "--save-baseline",
-        "-s",
-        "--baseline",
-        "-b",
-        "--baseline-lenient",
-        "--load-baseline",
-        "--sample-size",
-        "--warm-up-time",
-        "--measurement-time",
-        "--nresamples",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--output-format",
-        "--plotting-backend",
-        "--format",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut skip = false;
-    let mut filtered = false;
-    for a in &args {
-        if std::mem::take(&mut skip) {
-            continue;
-        }
-        if WITH_VALUE.contains(&a.as_str()) {
-            skip = true;
-        } else if a == "--list" || a == "--profile-time" || (!a.starts_with('-') && a != "paired") {
-            filtered = true;
-        }
-    }
-    if !filtered {
+    if paired::requested() {
         paired();
     }
 }

@@ -9,10 +9,18 @@
 //!   times, so that it comes from the cache: their compute cost alone, for the profile in
 //!   `docs/performance.md` (one-thread `select` ≈ memory time of `max_pass` + this compute).
 //!
+//! After the criterion groups, `select` and `max_pass` at vocab 151,936 are also timed in
+//! alternation (`PAIRED_ROUNDS` rounds, see `benches/common/paired.rs`): the median per-round
+//! ratio goes to `target/bench-results/topk.json` for `make bench` (`--bench topk -- paired`
+//! runs only that).
+//!
 //! The 151,936-vocabulary rows are also written to `target/bench-data/topk/` for the numpy peer
 //! (`benches/peers/topk_numpy.py`).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+#[path = "common/paired.rs"]
+mod paired;
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
 use taidcache::precompute::topk::{row_max, topk_row, topk_row_by_sort, topk_rows};
 use taidcache::testing::llm_like_logits;
@@ -88,5 +96,59 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Rounds of the paired run, and passes over the 256 rows per timing.
+const PAIRED_ROUNDS: usize = 40;
+const PAIRED_PASSES: usize = 5;
+
+/// `select` and `max_pass` at vocab 151,936 in alternation: the median per-round ratio.
+fn paired() {
+    let vocab = 151_936;
+    let logits = llm_like_logits(ROWS, vocab, 1);
+    let (mut ids, mut lp, mut tail) =
+        (vec![0u32; ROWS * K], vec![0f32; ROWS * K], vec![0f32; ROWS]);
+    let mut maxima = vec![0f32; ROWS];
+    let mut select = || {
+        for _ in 0..PAIRED_PASSES {
+            topk_rows(&logits, vocab, K, &mut ids, &mut lp, &mut tail).unwrap();
+        }
+    };
+    let mut max_pass = || {
+        for _ in 0..PAIRED_PASSES {
+            logits
+                .par_chunks(vocab)
+                .zip(maxima.par_iter_mut())
+                .for_each(|(row, m)| *m = row_max(row));
+        }
+    };
+    select();
+    max_pass();
+    let (s, m) = paired::alternate(PAIRED_ROUNDS, select, max_pass);
+    let per_pass = |v: &[f64]| {
+        v.iter()
+            .map(|t| t * 1e3 / PAIRED_PASSES as f64)
+            .collect::<Vec<_>>()
+    };
+    let (s_ms, m_ms, r, ratios) = paired::summarize(&per_pass(&s), &per_pass(&m));
+    println!(
+        "topk paired, {PAIRED_ROUNDS} rounds of {PAIRED_PASSES} passes: select {s_ms:.2} ms, \
+         max_pass {m_ms:.2} ms (medians per pass), select / max_pass {r:.3} (median of {ratios:.2?})"
+    );
+    paired::write_results(
+        "topk.json",
+        &serde_json::json!([
+            {"name": "topk.paired.select_ms", "value": s_ms, "unit": "ms"},
+            {"name": "topk.paired.max_pass_ms", "value": m_ms, "unit": "ms"},
+            {"name": "topk.paired.ratio", "value": r, "unit": "ratio"},
+        ]),
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if paired::requested() {
+        paired();
+    }
+}
