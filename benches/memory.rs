@@ -36,6 +36,8 @@
 
 #[path = "../tests/memory_support/mod.rs"]
 mod memory_support;
+#[path = "common/results.rs"]
+mod results;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,21 +55,12 @@ use taidcache::testing::{llm_like_batch, write_tiny_model, TinySpec};
 
 const MB: f64 = 1e6;
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn write_results(file: &str, rows: &[(String, f64, &str)]) {
-    let dir = target_dir().join("bench-results");
-    std::fs::create_dir_all(&dir).unwrap();
     let json: Vec<serde_json::Value> = rows
         .iter()
         .map(|(name, value, unit)| serde_json::json!({"name": name, "value": value, "unit": unit}))
         .collect();
-    let path = dir.join(file);
-    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap() + "\n").unwrap();
+    let path = results::write(file, &serde_json::Value::Array(json));
     for (name, value, unit) in rows {
         println!("{name:52} {value:>12.4} {unit}");
     }
@@ -522,7 +515,7 @@ fn epoch_shard_rss(cache: &Path) -> (u64, u64, f64) {
 
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn rss() {
-    let root = target_dir().join("bench-data").join("rss");
+    let root = results::target_dir().join("bench-data").join("rss");
     let caches = caches(&root);
     let student = root.join("student");
     let mut spec = TinySpec::new(Architecture::Llama, VOCAB);

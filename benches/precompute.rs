@@ -17,6 +17,8 @@
 
 #[path = "common/paired.rs"]
 mod paired;
+#[path = "common/results.rs"]
+mod results;
 
 use std::io::Write;
 use std::path::Path;
@@ -143,19 +145,7 @@ fn paired() {
     s.full();
     s.forward_only();
     let (full, fwd) = paired::alternate(PAIRS, || s.full(), || s.forward_only());
-    let (f, w, r, ratios) = paired::summarize(&full, &fwd);
-    println!(
-        "precompute paired, {PAIRS} rounds: full {f:.3} s, forward only {w:.3} s (medians), \
-         full / forward {r:.3} (median of {ratios:.3?})"
-    );
-    paired::write_results(
-        "precompute.json",
-        &serde_json::json!([
-            {"name": "precompute.paired.full_s", "value": f, "unit": "s"},
-            {"name": "precompute.paired.forward_only_s", "value": w, "unit": "s"},
-            {"name": "precompute.paired.ratio", "value": r, "unit": "ratio"},
-        ]),
-    );
+    paired::record("precompute", ["full", "forward_only"], "s", &full, &fwd);
 }
 
 criterion_group!(benches, bench);

@@ -12,6 +12,9 @@
 //! (every column, footer included) over positions. `raw` is u32 ids + f16 values + f32 tail +
 //! u32 token + mask byte, uncompressed. Not a criterion bench: the figures are sizes, not times.
 
+#[path = "common/results.rs"]
+mod results;
+
 use std::path::{Path, PathBuf};
 
 use half::f16;
@@ -137,7 +140,7 @@ fn mean_kl(src: &Source, decoded: &ShardBatch) -> f64 {
     total / n as f64
 }
 
-fn measure(src: &Source, dir: &Path, results: &mut Vec<serde_json::Value>) {
+fn measure(src: &Source, dir: &Path, figures: &mut Vec<serde_json::Value>) {
     let positions = src.tails.len() as f64;
     println!(
         "{}: {} positions, k = {}",
@@ -173,7 +176,7 @@ fn measure(src: &Source, dir: &Path, results: &mut Vec<serde_json::Value>) {
             ("bytes_per_token", bytes, "B/token"),
             ("kl_mean", kl, "nats"),
         ] {
-            results.push(json!({
+            figures.push(json!({
                 "name": format!("storage.{}.{}.{what}", src.name, encoding.name()),
                 "value": value,
                 "unit": unit,
@@ -182,7 +185,7 @@ fn measure(src: &Source, dir: &Path, results: &mut Vec<serde_json::Value>) {
     }
     let raw = raw_bytes_per_position(src.batch.k) as f64;
     println!("  raw      {raw:7.2} bytes/token");
-    results.push(json!({
+    figures.push(json!({
         "name": format!("storage.{}.raw.bytes_per_token", src.name),
         "value": raw,
         "unit": "B/token",
@@ -192,20 +195,14 @@ fn measure(src: &Source, dir: &Path, results: &mut Vec<serde_json::Value>) {
 fn main() {
     // Criterion-style arguments from `cargo bench` (`--bench`, times) are accepted and ignored.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join("bench-data/storage");
+    let dir = results::target_dir().join("bench-data/storage");
     std::fs::create_dir_all(&dir).expect("creating bench-data/storage");
-    let mut results = Vec::new();
-    measure(&synthetic(), &dir, &mut results);
+    let mut figures = Vec::new();
+    measure(&synthetic(), &dir, &mut figures);
     match demo(&root) {
-        Some(src) => measure(&src, &dir, &mut results),
+        Some(src) => measure(&src, &dir, &mut figures),
         None => println!("demo: no demo-out/caches/train (run `make demo` first); skipped"),
     }
-    let out = target.join("bench-results");
-    std::fs::create_dir_all(&out).expect("creating bench-results");
-    let path = out.join("storage.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).expect("writing");
+    let path = results::write("storage.json", &serde_json::Value::Array(figures));
     println!("wrote {}", path.display());
 }

@@ -19,6 +19,8 @@
 
 #[path = "common/paired.rs"]
 mod paired;
+#[path = "common/results.rs"]
+mod results;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
@@ -128,18 +130,12 @@ fn paired() {
             .map(|t| t * 1e3 / PAIRED_PASSES as f64)
             .collect::<Vec<_>>()
     };
-    let (s_ms, m_ms, r, ratios) = paired::summarize(&per_pass(&s), &per_pass(&m));
-    println!(
-        "topk paired, {PAIRED_ROUNDS} rounds of {PAIRED_PASSES} passes: select {s_ms:.2} ms, \
-         max_pass {m_ms:.2} ms (medians per pass), select / max_pass {r:.3} (median of {ratios:.2?})"
-    );
-    paired::write_results(
-        "topk.json",
-        &serde_json::json!([
-            {"name": "topk.paired.select_ms", "value": s_ms, "unit": "ms"},
-            {"name": "topk.paired.max_pass_ms", "value": m_ms, "unit": "ms"},
-            {"name": "topk.paired.ratio", "value": r, "unit": "ratio"},
-        ]),
+    paired::record(
+        "topk",
+        ["select", "max_pass"],
+        "ms",
+        &per_pass(&s),
+        &per_pass(&m),
     );
 }
 

@@ -3,7 +3,6 @@
 //! CPU share moves between the two (±10–30% with no code change). Here the two sides run in
 //! alternation (A B, then B A, …) and the ratio is taken per round, then the median.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Median (the mean of the two middle values for an even count).
@@ -33,15 +32,29 @@ pub fn alternate(rounds: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Ve
     (ta, tb)
 }
 
-/// Medians of `a`, of `b`, and of the per-round ratios a / b, with every ratio (for the log).
-pub fn summarize(a: &[f64], b: &[f64]) -> (f64, f64, f64, Vec<f64>) {
+/// Print and record a paired run of `bench` (e.g. `topk`): the medians of `a` and of `b` (one
+/// value per round, in `unit`) and of the per-round ratios a / b, as
+/// `<bench>.paired.<name>_<unit>` and `<bench>.paired.ratio` in
+/// `target/bench-results/<bench>.json`, where `benches/report.py` reads them.
+pub fn record(bench: &str, names: [&str; 2], unit: &str, a: &[f64], b: &[f64]) {
     let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-    (
+    let (ma, mb, r) = (
         median(a.to_vec()),
         median(b.to_vec()),
         median(ratios.clone()),
-        ratios,
-    )
+    );
+    let [na, nb] = names;
+    println!(
+        "{bench} paired, {} rounds: {na} {ma:.3} {unit}, {nb} {mb:.3} {unit} (medians), \
+         {na} / {nb} {r:.3} (median of {ratios:.3?})",
+        a.len()
+    );
+    let results = serde_json::json!([
+        {"name": format!("{bench}.paired.{na}_{unit}"), "value": ma, "unit": unit},
+        {"name": format!("{bench}.paired.{nb}_{unit}"), "value": mb, "unit": unit},
+        {"name": format!("{bench}.paired.ratio"), "value": r, "unit": "ratio"},
+    ]);
+    crate::results::write(&format!("{bench}.json"), &results);
 }
 
 /// Whether the paired run belongs to this invocation: not for `--list`, `--profile-time` or a
@@ -80,19 +93,4 @@ pub fn requested() -> bool {
         }
     }
     true
-}
-
-/// Write `results` (a JSON array of `{name, value, unit}`) to `target/bench-results/<file>`,
-/// where `benches/report.py` reads it.
-pub fn write_results(file: &str, results: &serde_json::Value) {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let out = target.join("bench-results");
-    std::fs::create_dir_all(&out).expect("creating target/bench-results");
-    std::fs::write(
-        out.join(file),
-        serde_json::to_string_pretty(results).expect("results serialize"),
-    )
-    .expect("writing bench results");
 }
