@@ -144,6 +144,8 @@ def storage_rows(corpus):
          bytes_base, bytes_ratio, "≤ 100 B"),
         (f"storage {corpus}: compact mean KL", lambda: f"{v('compact', 'kl_mean'):.2e}",
          lambda: f"plain {v('plain', 'kl_mean'):.2e}", kl_ratio, "≤ 1e-3"),
+        (f"  storage {corpus}: steps (format v2) bytes/token, mean KL", lambda: f"{v('steps', 'bytes_per_token'):.1f} B",
+         lambda: f"KL {v('steps', 'kl_mean'):.2e}", lambda: ("-", "-"), "info"),
     ]
 
 
@@ -187,7 +189,7 @@ def rows():
         ("  precompute start-up (one-sequence run, included in full)", lambda: t(ns("precompute/startup")),
          lambda: "-", lambda: ("-", "-"), "info"),
         *storage_rows("synthetic"),
-        ("  storage synthetic: information floor (static models, benches/storage_floor.py)",
+        ("  storage synthetic: information floor of the v2 layout (static models, benches/storage_floor.py)",
          lambda: f"{value('storage.synthetic.floor.bytes_per_token'):.1f} B",
          lambda: "-", lambda: ("-", "-"), "info"),
         *storage_rows("demo"),

@@ -22,6 +22,7 @@ fn bench(c: &mut Criterion) {
         (Encoding::Plain, 3),
         (Encoding::Plain, 9),
         (Encoding::Compact, 3),
+        (Encoding::Steps, 3),
     ] {
         let opts = WriteOptions {
             zstd_level: level,
@@ -32,6 +33,7 @@ fn bench(c: &mut Criterion) {
         let name = match encoding {
             Encoding::Plain => "zstd",
             Encoding::Compact => "compact-zstd",
+            Encoding::Steps => "steps-zstd",
         };
         let path = dir.path().join(format!("{name}-{level}.parquet"));
         let entry = write_shard_atomic(&path, &b, &opts).unwrap();

@@ -1,7 +1,7 @@
 """How small the synthetic source of benches/storage.rs can get: an information floor.
 
-Reads the compact shard that `cargo bench --bench storage` leaves in
-target/bench-data/storage/synthetic-compact.parquet and compares, column by column, the bytes
+Reads the steps (format v2) shard that `cargo bench --bench storage` leaves in
+target/bench-data/storage/synthetic-steps.parquet and compares, column by column, the bytes
 per token the shard spends with the ideal code length of the same values under a static model:
 
 - topk_ids and input_ids: -log2 P(id) under the generator's own id law (testing.rs,
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-SHARD = TARGET / "bench-data" / "storage" / "synthetic-compact.parquet"
+SHARD = TARGET / "bench-data" / "storage" / "synthetic-steps.parquet"
 VOCAB = 151_936
 
 
@@ -94,7 +94,7 @@ def main():
     results = [
         {"name": "storage.synthetic.floor.bytes_per_token", "value": total_floor, "unit": "B/token"},
         {"name": "storage.synthetic.floor.topk_ids", "value": floor["topk_ids"], "unit": "B/token"},
-        {"name": "storage.synthetic.compact.topk_ids", "value": stored["topk_ids"], "unit": "B/token"},
+        {"name": "storage.synthetic.steps.topk_ids", "value": stored["topk_ids"], "unit": "B/token"},
     ]
     (out / "storage_floor.json").write_text(json.dumps(results, indent=2))
 

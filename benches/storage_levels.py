@@ -1,7 +1,7 @@
 """What a higher zstd level would buy the compact encoding on the synthetic source.
 
-Reads the compact shard that `cargo bench --bench storage` leaves in
-target/bench-data/storage/synthetic-compact.parquet, lays out its columns as the writer does
+Reads the steps (format v2) shard that `cargo bench --bench storage` leaves in
+target/bench-data/storage/synthetic-steps.parquet, lays out its columns as the writer does
 (the byte planes of topk_ids and of tail_logmass apart, as BYTE_STREAM_SPLIT does; the u8 steps
 as they are) and compresses each whole column with zstd at several levels (pyarrow's codec, one
 thread). Prints bytes per token and compression speed per column and level (a few seconds;
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-SHARD = TARGET / "bench-data" / "storage" / "synthetic-compact.parquet"
+SHARD = TARGET / "bench-data" / "storage" / "synthetic-steps.parquet"
 LEVELS = (3, 6, 9, 12, 15, 19)
 
 

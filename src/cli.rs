@@ -80,9 +80,10 @@ pub struct PrecomputeArgs {
     /// zstd compression level, 1..=22 [default: 3].
     #[arg(long)]
     pub zstd_level: Option<i32>,
-    /// How top-k records are stored: plain (format v1: f16 log-probs) or compact (format v2:
-    /// 8-bit log-prob steps of 0.125 nats, about 30% smaller; mean KL to the exact values below
-    /// 1e-3) [default: plain].
+    /// How top-k records are stored: plain (format v1: f16 log-probs), compact (format v3: each
+    /// position sorted by id, ids as gaps, log-probs as 8-bit levels uniform in √p; about half
+    /// the size, mean KL to the exact values below 1e-3) or steps (format v2, the compact
+    /// encoding of earlier releases) [default: plain].
     #[arg(long, value_enum)]
     pub encoding: Option<crate::cache::Encoding>,
     /// This process's index among --workers, from 0 [default: 0].

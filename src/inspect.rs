@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::cache::reader::ShardReader;
 use crate::cache::schema;
 use crate::cache::writer::{raw_bytes_per_position, ShardBatch};
-use crate::cache::{readable_versions, Encoding, Manifest, MANIFEST_FILE, WORKER_MANIFESTS_DIR};
+use crate::cache::{
+    levels, readable_versions, Encoding, Manifest, MANIFEST_FILE, WORKER_MANIFESTS_DIR,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::xxh3_file;
 
@@ -466,8 +468,11 @@ struct PositionChecker {
     vocab: usize,
     seen: Vec<u64>,
     /// Relative error of a stored probability from quantization beyond f16 rounding: 0 for
-    /// plain, `e^(step/2) − 1` for compact (every log-prob within half a step).
+    /// plain, `e^(step/2) − 1` for steps (every log-prob within half a step).
     quantization: f64,
+    /// Format v3 (compact): ids ascending instead of log-probs descending, and each
+    /// probability within [`levels::error_bound`] of its level.
+    levels: bool,
 }
 
 impl PositionChecker {
@@ -477,13 +482,18 @@ impl PositionChecker {
             vocab,
             seen: vec![0; vocab.div_ceil(64)],
             quantization: 0.0,
+            levels: false,
         }
     }
 
     fn for_encoding(k: usize, vocab: usize, encoding: Encoding) -> Self {
         let mut checker = Self::new(k, vocab);
-        if encoding == Encoding::Compact {
-            checker.quantization = (f64::from(crate::cache::LOGPROB_STEP) / 2.0).exp_m1();
+        match encoding {
+            Encoding::Plain => {}
+            Encoding::Steps => {
+                checker.quantization = (f64::from(crate::cache::LOGPROB_STEP) / 2.0).exp_m1();
+            }
+            Encoding::Compact => checker.levels = true,
         }
         checker
     }
@@ -536,6 +546,14 @@ impl PositionChecker {
         let tau = b.tail_logmass[p];
         let mut result = Ok(());
         for (j, &id) in ids.iter().enumerate() {
+            if self.levels && j > 0 && id <= ids[j - 1] {
+                result = Err(format!(
+                    "topk_id_gaps: ids not ascending: [{}] = {} >= [{j}] = {id}",
+                    j - 1,
+                    ids[j - 1]
+                ));
+                break;
+            }
             if id as usize >= self.vocab {
                 result = Err(format!("topk_ids[{j}] = {id} >= vocab_size {}", self.vocab));
                 break;
@@ -554,13 +572,16 @@ impl PositionChecker {
 
         let mut mass = 0.0f64;
         let mut spread = 0.0f64;
+        let mut level_error = 0.0f64;
         let mut prev = f32::INFINITY;
         for (j, l) in lps.iter().enumerate() {
             let l = l.to_f32();
             if !l.is_finite() {
                 return Err(format!("topk_logprobs[{j}] = {l} is not finite"));
             }
-            if l > prev {
+            if self.levels {
+                level_error += levels::error_bound(f64::from(l).exp());
+            } else if l > prev {
                 return Err(format!(
                     "topk_logprobs not descending: [{}] = {prev} < [{j}] = {l}",
                     j - 1
@@ -583,7 +604,7 @@ impl PositionChecker {
             ));
         }
         let total = mass + f64::from(tau).exp();
-        let tol = 1e-4 + spread / 1024.0 + mass * self.quantization;
+        let tol = 1e-4 + spread / 1024.0 + mass * self.quantization + level_error;
         if (total - 1.0).abs() > tol {
             return Err(format!(
                 "top-k mass {mass:.6} + tail mass {:.6} = {total:.6}, not 1 within {tol:.2e}",
@@ -610,15 +631,27 @@ mod tests {
     /// A cache of 3 shards × 5 rows, written through the real writer; `tamper(shard, batch)`
     /// may change a batch before it is written.
     fn write_cache(dir: &Path, tamper: impl Fn(u64, &mut ShardBatch)) -> Manifest {
+        write_cache_as(dir, Encoding::Plain, tamper)
+    }
+
+    /// [`write_cache`] in `encoding`.
+    fn write_cache_as(
+        dir: &Path,
+        encoding: Encoding,
+        tamper: impl Fn(u64, &mut ShardBatch),
+    ) -> Manifest {
         std::fs::create_dir_all(dir.join(SHARDS_DIR)).unwrap();
         let mut m = sample_manifest(0, 5);
         m.packing.seq_len = S;
         m.top_k = K;
         m.vocab_size = VOCAB as usize;
         m.teacher.vocab_size = VOCAB as usize;
+        m.format_version = encoding.format_version();
+        m.value_encoding = encoding.value_encoding().into();
         let opts = WriteOptions {
             row_group_rows: 2,
             metadata: vec![(schema::META_VOCAB_SIZE.into(), VOCAB.to_string())],
+            encoding,
             ..WriteOptions::default()
         };
         for i in 0..3u64 {
@@ -769,6 +802,46 @@ mod tests {
         });
         let (err, _) = verify_err(dir.path());
         assert_row_error(&err, 2, 0, "position 0: tail_logmass = 0.01");
+    }
+
+    #[test]
+    fn verify_accepts_every_encoding_and_catches_a_bad_tail_in_each() {
+        for encoding in Encoding::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            write_cache_as(dir.path(), encoding, |_, _| {});
+            let mut out = Vec::new();
+            let report =
+                verify(dir.path(), &mut out).unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+            assert_eq!(report.tokens, 15 * S as u64, "{encoding:?}");
+
+            // A tail of 0.3 on top of the real one is beyond any encoding's rounding.
+            let dir = tempfile::tempdir().unwrap();
+            write_cache_as(dir.path(), encoding, |shard, b| {
+                if shard == 2 {
+                    let p = 3 * S + 1;
+                    b.tail_logmass[p] = (b.tail_logmass[p].exp() + 0.3).ln();
+                }
+            });
+            let (err, _) = verify_err(dir.path());
+            assert_row_error(&err, 2, 3, "position 1: top-k mass");
+        }
+    }
+
+    #[test]
+    fn verify_of_a_compact_cache_wants_ascending_ids() {
+        let mut checker = PositionChecker::for_encoding(3, 10, Encoding::Compact);
+        let mut b = ShardBatch::new(1, 3);
+        b.seq_ids.push(0);
+        b.input_ids.push(1);
+        b.loss_mask.push(true);
+        b.topk_ids.extend([2, 7, 5]);
+        b.topk_logprobs
+            .extend([0.5f64, 0.3, 0.15].map(|p| f16::from_f64(p.ln())));
+        b.tail_logmass.push(0.05f32.ln());
+        let err = checker.check_position(&b, 0, 3).unwrap_err();
+        assert!(err.contains("not ascending: [1] = 7 >= [2] = 5"), "{err}");
+        b.topk_ids[1..].copy_from_slice(&[5, 7]);
+        checker.check_position(&b, 0, 3).unwrap();
     }
 
     #[test]

@@ -329,55 +329,88 @@ fn bf16_forward_picks_nearly_the_same_top_ids() {
 }
 
 #[test]
-fn compact_cache_keeps_ids_and_tails_and_rounds_log_probs_to_half_a_step() {
+fn compact_and_steps_caches_keep_ids_and_tails_and_round_log_probs_within_their_bounds() {
+    use taidcache::cache::{levels, Encoding};
     let fx = Fixture::new(taidcache::model::Architecture::Llama, 20);
     let plain = options(&fx, "plain");
-    let mut compact = options(&fx, "compact");
-    compact.encoding = taidcache::cache::Encoding::Compact;
     precompute::run(&plain, &mut Vec::new()).unwrap();
-    precompute::run(&compact, &mut Vec::new()).unwrap();
-    let m = Manifest::load(&compact.out.join("manifest.json")).unwrap();
-    assert_eq!(
-        (m.format_version, m.value_encoding.as_str()),
-        (2, "u8-steps")
-    );
+    let a = read_rows(&plain.out);
+    for (encoding, version, value_encoding) in [
+        (Encoding::Steps, 2, "u8-steps"),
+        (Encoding::Compact, 3, "u8-levels"),
+    ] {
+        let mut compact = options(&fx, encoding.name());
+        compact.encoding = encoding;
+        precompute::run(&compact, &mut Vec::new()).unwrap();
+        let m = Manifest::load(&compact.out.join("manifest.json")).unwrap();
+        assert_eq!(
+            (m.format_version, m.value_encoding.as_str()),
+            (version, value_encoding)
+        );
 
-    let (a, b) = (read_rows(&plain.out), read_rows(&compact.out));
-    assert_eq!(a.len(), b.len());
-    let step = taidcache::cache::LOGPROB_STEP;
-    let mut worst = 0f32;
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x.seq_ids, y.seq_ids);
-        assert_eq!(x.input_ids, y.input_ids);
-        assert_eq!(x.topk_ids, y.topk_ids);
-        assert_eq!(x.tail_logmass, y.tail_logmass);
-        for (p, q) in x.topk_logprobs.iter().zip(&y.topk_logprobs) {
-            let (p, q) = (p.to_f32(), q.to_f32());
-            worst = worst.max((p - q).abs() - f16_tol(p) - f16_tol(q));
+        let b = read_rows(&compact.out);
+        assert_eq!(a.len(), b.len());
+        // Steps: each log-prob within half a step of 0.125 nats; compact (each position sorted
+        // by id): each probability within its level's bound. `worst` is in units of the bound.
+        let mut worst = 0f64;
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.seq_ids, y.seq_ids);
+            assert_eq!(x.input_ids, y.input_ids);
+            assert_eq!(x.tail_logmass, y.tail_logmass);
+            let k = x.k;
+            for p in 0..x.tail_logmass.len() {
+                let r = p * k..(p + 1) * k;
+                let mut exact: Vec<(u32, f32)> = x.topk_ids[r.clone()]
+                    .iter()
+                    .copied()
+                    .zip(x.topk_logprobs[r.clone()].iter().map(|v| v.to_f32()))
+                    .collect();
+                if encoding == Encoding::Compact {
+                    exact.sort_unstable_by_key(|&(id, _)| id);
+                }
+                let ids: Vec<u32> = exact.iter().map(|e| e.0).collect();
+                assert_eq!(
+                    &y.topk_ids[r.clone()],
+                    &ids[..],
+                    "{encoding:?} position {p}"
+                );
+                for (&(_, e), d) in exact.iter().zip(&y.topk_logprobs[r]) {
+                    let d = d.to_f32();
+                    let err = if encoding == Encoding::Steps {
+                        let tol = taidcache::cache::LOGPROB_STEP / 2.0 + f16_tol(e) + f16_tol(d);
+                        f64::from((e - d).abs() / tol)
+                    } else {
+                        let (pe, pd) = (f64::from(e).exp(), f64::from(d).exp());
+                        let tol = levels::error_bound(pd) + (pe + pd) * 2f64.powi(-10);
+                        (pe - pd).abs() / tol
+                    };
+                    worst = worst.max(err);
+                }
+            }
         }
-    }
-    assert!(
-        worst <= step / 2.0,
-        "worst log-prob error {worst} > half a step"
-    );
+        assert!(
+            worst <= 1.0,
+            "{encoding:?}: worst error {worst:.3} of its bound"
+        );
 
-    // The CLI checks and plain pyarrow (v2 schema, decoded mass) accept it.
-    let cache = compact.out.to_str().unwrap();
-    let v = taidcache(&["verify", cache]);
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
-    let i = taidcache(&["inspect", cache, "--json"]);
-    assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
-    let out = std::process::Command::new("python3")
-        .args([script.to_str().unwrap(), cache, "--require-jsonschema"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check_cache.py failed on the compact cache:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        // The CLI checks and plain pyarrow (schema, decoded mass) accept it.
+        let cache = compact.out.to_str().unwrap();
+        let v = taidcache(&["verify", cache]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        let i = taidcache(&["inspect", cache, "--json"]);
+        assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
+        let out = std::process::Command::new("python3")
+            .args([script.to_str().unwrap(), cache, "--require-jsonschema"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "check_cache.py failed on the {encoding:?} cache:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

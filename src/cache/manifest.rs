@@ -447,13 +447,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.json");
         let mut value = serde_json::to_value(sample_manifest(1, 2)).unwrap();
-        value["format_version"] = 3.into();
+        value["format_version"] = 4.into();
         // A future version may also change the shape; the version error must come first.
         value["shards"] = serde_json::json!("renamed");
         std::fs::write(&path, value.to_string()).unwrap();
         let err = Manifest::load(&path).unwrap_err().to_string();
         assert!(
-            err.contains("cache format version 3, this taidcache reads 1 and 2"),
+            err.contains("cache format version 4, this taidcache reads 1, 2 and 3"),
             "{err}"
         );
     }

@@ -6,7 +6,8 @@
 //! CACHE/manifests/worker-00001-of-00003.json  partial manifests of `--worker I --workers N` runs
 //! ```
 //!
-//! - [`schema`]: the Arrow schema of a shard and its JSON description (`schemas/v1/`).
+//! - [`schema`]: the Arrow schema of a shard and its JSON description (`schemas/v1/` … `v3/`).
+//! - [`levels`]: the value encoding of format v3 (ids as gaps, log-probs as 256 levels).
 //! - [`manifest`]: the manifest, its identity check and atomic save.
 //! - [`writer`]: flat row buffers ([`ShardBatch`]) and the atomic shard writer.
 //! - [`reader`]: a memory-mapped shard, read one row group at a time.
@@ -14,6 +15,7 @@
 //!
 //! This layer knows nothing of models, tokenizers or corpora: callers hand it hashes and numbers.
 
+pub mod levels;
 pub mod manifest;
 pub mod merge;
 pub mod reader;
@@ -40,15 +42,24 @@ pub use writer::{default_row_group_rows, write_shard_atomic, ShardBatch, WriteOp
 /// Version of the on-disk format of the default (`plain`) encoding (`schemas/v1/`).
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Version of the format of the `compact` encoding (`schemas/v2/`): v1 with the log-probs as
-/// 8-bit quantized steps instead of half floats, and the ids byte-stream-split.
-pub const FORMAT_VERSION_COMPACT: u32 = 2;
+/// Version of the format of the `steps` encoding (`schemas/v2/`, the compact encoding of
+/// earlier releases): v1 with the log-probs as 8-bit quantized steps instead of half floats,
+/// and the ids byte-stream-split.
+pub const FORMAT_VERSION_STEPS: u32 = 2;
+
+/// Version of the format of the `compact` encoding (`schemas/v3/`): each position's top-k
+/// sorted by id, the ids as gaps and the log-probs as 8-bit levels ([`levels`]).
+pub const FORMAT_VERSION_COMPACT: u32 = 3;
+
+/// Value encoding of `topk_logprob_levels` in format v3: one of the 256 levels of
+/// [`levels::table`] per log-prob, listed in the footer.
+pub const VALUE_ENCODING_U8_LEVELS: &str = "u8-levels";
 
 /// Value encoding of `topk_logprob_steps` in format v2: unsigned 8-bit steps of
 /// [`LOGPROB_STEP`] nats along the descending log-probs.
 pub const VALUE_ENCODING_U8_STEPS: &str = "u8-steps";
 
-/// Quantization step of the compact encoding, in nats: log-prob `j` of a position is
+/// Quantization step of the `steps` encoding (format v2), in nats: log-prob `j` of a position is
 /// `−LOGPROB_STEP · Σ_{i≤j} step_i`. Every decoded value is within half a step (plus f16
 /// rounding) of the exact one, so the mean KL(exact ‖ decoded) is about `LOGPROB_STEP² / 24`
 /// ≈ 6.5e-4 nats at most; the step is written to every shard's footer.
@@ -71,19 +82,24 @@ pub enum Encoding {
     /// Format v1: u32 ids, f16 log-probs (about 140 bytes per token at k = 50).
     #[default]
     Plain,
-    /// Format v2: u32 ids byte-stream-split, log-probs as u8 steps of 0.125 nats (under 100
-    /// bytes per token at k = 50; mean KL to the exact top-k below 1e-3).
+    /// Format v3: per position the top-k sorted by id, ids as gaps, log-probs as u8 levels
+    /// uniform in √p (about 100 bytes per token at k = 50 on a 151,936-token vocabulary; mean
+    /// KL to the exact top-k below 1e-3).
     Compact,
+    /// Format v2, the compact encoding of earlier releases: ids in rank order, log-probs as u8
+    /// steps of 0.125 nats.
+    Steps,
 }
 
 impl Encoding {
-    /// Both encodings by name, for flags and messages.
-    pub const ALL: [Encoding; 2] = [Encoding::Plain, Encoding::Compact];
+    /// Every encoding, for flags and messages.
+    pub const ALL: [Encoding; 3] = [Encoding::Plain, Encoding::Compact, Encoding::Steps];
 
     pub fn name(self) -> &'static str {
         match self {
             Encoding::Plain => "plain",
             Encoding::Compact => "compact",
+            Encoding::Steps => "steps",
         }
     }
 
@@ -92,6 +108,7 @@ impl Encoding {
         match self {
             Encoding::Plain => FORMAT_VERSION,
             Encoding::Compact => FORMAT_VERSION_COMPACT,
+            Encoding::Steps => FORMAT_VERSION_STEPS,
         }
     }
 
@@ -106,14 +123,15 @@ impl Encoding {
     pub fn value_encoding(self) -> &'static str {
         match self {
             Encoding::Plain => VALUE_ENCODING_F16,
-            Encoding::Compact => VALUE_ENCODING_U8_STEPS,
+            Encoding::Compact => VALUE_ENCODING_U8_LEVELS,
+            Encoding::Steps => VALUE_ENCODING_U8_STEPS,
         }
     }
 }
 
-/// The format versions this build reads, for messages: `1 and 2`.
+/// The format versions this build reads, for messages: `1, 2 and 3`.
 pub fn readable_versions() -> String {
-    format!("{FORMAT_VERSION} and {FORMAT_VERSION_COMPACT}")
+    format!("{FORMAT_VERSION}, {FORMAT_VERSION_STEPS} and {FORMAT_VERSION_COMPACT}")
 }
 
 /// Name of the combined manifest inside a cache directory.

@@ -28,7 +28,7 @@ use parquet::arrow::ProjectionMask;
 
 use super::schema::{self, check_schema_for, top_k_of};
 use super::writer::{decode_steps, ShardBatch};
-use super::{readable_versions, Encoding};
+use super::{levels, readable_versions, Encoding};
 use crate::error::{Error, IoContext, Result};
 
 /// An open, memory-mapped v1 shard. Cheap to share across threads (`&self` reads).
@@ -40,8 +40,10 @@ pub struct ShardReader {
     k: usize,
     seq_len: usize,
     encoding: Encoding,
-    /// Quantization step of a compact shard (nats); 0 for plain.
+    /// Quantization step of a v2 (steps) shard (nats); 0 otherwise.
     logprob_step: f32,
+    /// The level table of a v3 (compact) shard.
+    levels: Option<levels::Decoder>,
 }
 
 impl ShardReader {
@@ -63,6 +65,7 @@ impl ShardReader {
             seq_len: 0,
             encoding: Encoding::Plain,
             logprob_step: 0.0,
+            levels: None,
         };
         let version = reader.required_number(schema::META_FORMAT_VERSION)?;
         reader.encoding = Encoding::from_format_version(version as u64).ok_or_else(|| {
@@ -75,6 +78,13 @@ impl ShardReader {
             )
         })?;
         if reader.encoding == Encoding::Compact {
+            let key = schema::META_LOGPROB_LEVELS;
+            let value = reader.key_value(key).unwrap_or_default();
+            levels::check_footer_value(&value)
+                .map_err(|msg| Error::cache(path, format!("footer metadata `{key}` {msg}")))?;
+            reader.levels = Some(levels::Decoder::default());
+        }
+        if reader.encoding == Encoding::Steps {
             let key = schema::META_LOGPROB_STEP;
             let value = reader.key_value(key).unwrap_or_default();
             reader.logprob_step = match value.parse::<f32>() {
@@ -254,9 +264,17 @@ impl ShardReader {
         col.no_nulls(mask, schema::LOSS_MASK)?;
         out.loss_mask.extend(mask.values().iter());
 
-        let ids = col.fixed(col.list(schema::TOPK_IDS)?, schema::TOPK_IDS)?;
-        out.topk_ids
-            .extend_from_slice(col.primitive::<UInt32Type>(&ids, schema::TOPK_IDS)?);
+        let ids_name = schema::ids_column(self.encoding);
+        let ids = col.fixed(col.list(ids_name)?, ids_name)?;
+        let ids = col.primitive::<UInt32Type>(&ids, ids_name)?;
+        if let Some(decoder) = &self.levels {
+            let name = schema::TOPK_LOGPROB_LEVELS;
+            let lv = col.fixed(col.list(name)?, name)?;
+            let lv = col.primitive::<UInt8Type>(&lv, name)?;
+            decoder.decode(ids, lv, k, &mut out.topk_ids, &mut out.topk_logprobs);
+        } else {
+            out.topk_ids.extend_from_slice(ids);
+        }
 
         match self.encoding {
             Encoding::Plain => {
@@ -264,7 +282,9 @@ impl ShardReader {
                 out.topk_logprobs
                     .extend_from_slice(col.primitive::<Float16Type>(&lp, schema::TOPK_LOGPROBS)?);
             }
-            Encoding::Compact => {
+            // Decoded with the ids above.
+            Encoding::Compact => {}
+            Encoding::Steps => {
                 let name = schema::TOPK_LOGPROB_STEPS;
                 let steps = col.fixed(col.list(name)?, name)?;
                 let steps = col.primitive::<UInt8Type>(&steps, name)?;
@@ -361,30 +381,37 @@ mod tests {
 
     use crate::cache::testutil::random_batch;
     use crate::hash::xxh3_file;
+    use half::f16;
 
-    #[test]
-    fn compact_round_trip_keeps_everything_but_rounds_log_probs_to_half_a_step() {
+    /// Write `batch` with `encoding` in row groups of 4 and read it back whole.
+    fn round_trip(batch: &ShardBatch, encoding: Encoding) -> (ShardReader, ShardBatch) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("part-00000.parquet");
-        let batch = random_batch(11, 12, 5, 1000, 40, 3);
         let opts = WriteOptions {
             row_group_rows: 4,
-            encoding: Encoding::Compact,
+            encoding,
             ..WriteOptions::default()
         };
-        write_shard_atomic(&path, &batch, &opts).unwrap();
+        write_shard_atomic(&path, batch, &opts).unwrap();
         let r = ShardReader::open(&path).unwrap();
-        assert_eq!(r.encoding(), Encoding::Compact);
-        assert_eq!(
-            r.key_value(schema::META_FORMAT_VERSION).as_deref(),
-            Some("2")
-        );
-        let mut back = ShardBatch::new(12, 5);
-        let mut part = ShardBatch::new(12, 5);
+        let mut back = ShardBatch::new(batch.seq_len, batch.k);
+        let mut part = ShardBatch::new(batch.seq_len, batch.k);
         for g in 0..r.num_row_groups() {
             r.read_row_group_into(g, &mut part).unwrap();
             back.extend_from(&part);
         }
+        (r, back)
+    }
+
+    #[test]
+    fn steps_round_trip_keeps_everything_but_rounds_log_probs_to_half_a_step() {
+        let batch = random_batch(11, 12, 5, 1000, 40, 3);
+        let (r, back) = round_trip(&batch, Encoding::Steps);
+        assert_eq!(r.encoding(), Encoding::Steps);
+        assert_eq!(
+            r.key_value(schema::META_FORMAT_VERSION).as_deref(),
+            Some("2")
+        );
         assert_eq!(back.seq_ids, batch.seq_ids);
         assert_eq!(back.input_ids, batch.input_ids);
         assert_eq!(back.loss_mask, batch.loss_mask);
@@ -396,6 +423,101 @@ mod tests {
             assert!(
                 (a - b).abs() <= step / 2.0 + a.abs() * 2f32.powi(-11),
                 "{a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn compact_round_trip_sorts_each_position_by_id_and_keeps_every_probability_within_its_level() {
+        let batch = random_batch(11, 12, 5, 1000, 40, 3);
+        let (r, back) = round_trip(&batch, Encoding::Compact);
+        assert_eq!(r.encoding(), Encoding::Compact);
+        assert_eq!(
+            r.key_value(schema::META_FORMAT_VERSION).as_deref(),
+            Some("3")
+        );
+        assert_eq!(back.seq_ids, batch.seq_ids);
+        assert_eq!(back.input_ids, batch.input_ids);
+        assert_eq!(back.loss_mask, batch.loss_mask);
+        assert_eq!(back.tail_logmass, batch.tail_logmass);
+        let k = batch.k;
+        let mut worst = 0f64;
+        for p in 0..batch.tail_logmass.len() {
+            let mut exact: Vec<(u32, f16)> = batch.topk_ids[p * k..(p + 1) * k]
+                .iter()
+                .copied()
+                .zip(batch.topk_logprobs[p * k..(p + 1) * k].iter().copied())
+                .collect();
+            exact.sort_unstable_by_key(|&(id, _)| id);
+            let ids: Vec<u32> = exact.iter().map(|&(id, _)| id).collect();
+            assert_eq!(&back.topk_ids[p * k..(p + 1) * k], &ids[..], "position {p}");
+            for (&(_, a), b) in exact.iter().zip(&back.topk_logprobs[p * k..(p + 1) * k]) {
+                let (a, b) = (f64::from(a.to_f32()).exp(), f64::from(b.to_f32()).exp());
+                // The f16 of the decoded level adds up to 2^-11 relative.
+                let bound = levels::error_bound(b) + b * 2f64.powi(-10);
+                worst = worst.max((a - b).abs() / bound);
+            }
+        }
+        assert!(worst <= 1.0, "worst |p − p̂| is {worst:.3} of its bound");
+    }
+
+    #[test]
+    fn compact_shards_with_another_level_table_are_refused_naming_the_footer_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part-00000.parquet");
+        let mut table = levels::table().to_vec();
+        table[200] = -1.0;
+        for (value, expect) in [
+            (serde_json::to_string(&table).unwrap(), "level 200"),
+            ("0.125".to_string(), "JSON array"),
+        ] {
+            let opts = WriteOptions {
+                encoding: Encoding::Compact,
+                ..WriteOptions::default()
+            };
+            write_shard_atomic(&path, &random_batch(2, 4, 3, 10, 0, 4), &opts).unwrap();
+            // Rewrite the footer value: same data, another table.
+            let file = std::fs::File::open(&path).unwrap();
+            let rb: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
+            let kv = vec![
+                parquet::file::metadata::KeyValue::new(
+                    schema::META_FORMAT_VERSION.into(),
+                    "3".to_string(),
+                ),
+                parquet::file::metadata::KeyValue::new(schema::META_TOP_K.into(), "3".to_string()),
+                parquet::file::metadata::KeyValue::new(
+                    schema::META_SEQ_LEN.into(),
+                    "4".to_string(),
+                ),
+                parquet::file::metadata::KeyValue::new(
+                    schema::META_LOGPROB_LEVELS.into(),
+                    value.clone(),
+                ),
+            ];
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_key_value_metadata(Some(kv))
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(&path).unwrap(),
+                rb[0].schema(),
+                Some(props),
+            )
+            .unwrap();
+            for b in &rb {
+                w.write(b).unwrap();
+            }
+            w.close().unwrap();
+            let err = ShardReader::open(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("part-00000.parquet")
+                    && err.contains("taidcache.logprob_levels")
+                    && err.contains(expect),
+                "{err}"
             );
         }
     }

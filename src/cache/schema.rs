@@ -1,4 +1,5 @@
-//! The Arrow schema of a v1 shard, its JSON description, and the footer metadata keys.
+//! The Arrow schema of a shard (format v1, v2 or v3), its JSON description, and the footer
+//! metadata keys.
 //!
 //! The contract is data in `schemas/v1/shard.schema.json`; a test proves [`arrow_schema`] and that
 //! file agree. Columns are non-nullable; list item fields are named `item` and nullable, because
@@ -27,6 +28,13 @@ pub const TAIL_LOGMASS: &str = "tail_logmass";
 /// Format v2 (compact) instead of [`TOPK_LOGPROBS`]: `list<fixed_size_list<uint8>[k]>`, the
 /// log-probs as steps: `logprob_j = −step · Σ_{i≤j} steps_i` with step [`META_LOGPROB_STEP`].
 pub const TOPK_LOGPROB_STEPS: &str = "topk_logprob_steps";
+/// Format v3 (compact) instead of [`TOPK_IDS`]: `list<fixed_size_list<uint32>[k]>`, each
+/// position's ids in ascending order as gaps (the first id, then differences to the previous).
+pub const TOPK_ID_GAPS: &str = "topk_id_gaps";
+/// Format v3 (compact) instead of [`TOPK_LOGPROBS`]: `list<fixed_size_list<uint8>[k]>`, the
+/// level of each log-prob in the order of [`TOPK_ID_GAPS`]; the footer key
+/// [`META_LOGPROB_LEVELS`] lists the log-prob of every level.
+pub const TOPK_LOGPROB_LEVELS: &str = "topk_logprob_levels";
 
 /// The v1 columns in file order.
 pub const COLUMNS: [&str; 6] = [
@@ -38,8 +46,8 @@ pub const COLUMNS: [&str; 6] = [
     TAIL_LOGMASS,
 ];
 
-/// The v2 (compact) columns in file order.
-pub const COLUMNS_COMPACT: [&str; 6] = [
+/// The v2 (steps) columns in file order.
+pub const COLUMNS_STEPS: [&str; 6] = [
     SEQ_ID,
     INPUT_IDS,
     LOSS_MASK,
@@ -48,12 +56,33 @@ pub const COLUMNS_COMPACT: [&str; 6] = [
     TAIL_LOGMASS,
 ];
 
+/// The v3 (compact) columns in file order.
+pub const COLUMNS_COMPACT: [&str; 6] = [
+    SEQ_ID,
+    INPUT_IDS,
+    LOSS_MASK,
+    TOPK_ID_GAPS,
+    TOPK_LOGPROB_LEVELS,
+    TAIL_LOGMASS,
+];
+
 /// The columns of `encoding` in file order.
 pub fn columns(encoding: Encoding) -> [&'static str; 6] {
     match encoding {
         Encoding::Plain => COLUMNS,
+        Encoding::Steps => COLUMNS_STEPS,
         Encoding::Compact => COLUMNS_COMPACT,
     }
+}
+
+/// The ids column of `encoding`: `topk_ids`, or `topk_id_gaps` in format v3.
+pub fn ids_column(encoding: Encoding) -> &'static str {
+    columns(encoding)[3]
+}
+
+/// The log-prob column of `encoding`.
+pub fn values_column(encoding: Encoding) -> &'static str {
+    columns(encoding)[4]
 }
 
 /// Footer key-value metadata (Parquet `key_value_metadata`), so one shard explains itself.
@@ -65,6 +94,9 @@ pub const META_TEACHER_SHA256: &str = "taidcache.teacher_sha256";
 pub const META_TOKENIZER_SHA256: &str = "taidcache.tokenizer_sha256";
 /// Format v2 only: the quantization step of `topk_logprob_steps` in nats (`0.125`).
 pub const META_LOGPROB_STEP: &str = "taidcache.logprob_step";
+/// Format v3 only: the log-prob of each of the 256 levels of `topk_logprob_levels`, a JSON
+/// array (`[0,-0.015686…,…,-72.43…]`).
+pub const META_LOGPROB_LEVELS: &str = "taidcache.logprob_levels";
 
 /// The placeholder `schemas/v1/shard.schema.json` writes where [`schema_json`] writes k.
 pub const K_PLACEHOLDER: &str = "k";
@@ -90,26 +122,26 @@ pub fn arrow_schema(k: usize) -> SchemaRef {
     arrow_schema_for(k, Encoding::Plain)
 }
 
-/// The exact schema of `encoding` (v1 or v2) for top-k `k`.
+/// The exact schema of `encoding` (v1, v2 or v3) for top-k `k`.
 pub fn arrow_schema_for(k: usize, encoding: Encoding) -> SchemaRef {
-    let values = match encoding {
-        Encoding::Plain => Field::new(
-            TOPK_LOGPROBS,
-            list_of(fixed_list_of(DataType::Float16, k)),
-            false,
-        ),
-        Encoding::Compact => Field::new(
-            TOPK_LOGPROB_STEPS,
-            list_of(fixed_list_of(DataType::UInt8, k)),
-            false,
-        ),
+    let value_type = match encoding {
+        Encoding::Plain => DataType::Float16,
+        Encoding::Steps | Encoding::Compact => DataType::UInt8,
     };
     Arc::new(Schema::new(vec![
         Field::new(SEQ_ID, DataType::UInt64, false),
         Field::new(INPUT_IDS, list_of(DataType::UInt32), false),
         Field::new(LOSS_MASK, list_of(DataType::Boolean), false),
-        Field::new(TOPK_IDS, list_of(fixed_list_of(DataType::UInt32, k)), false),
-        values,
+        Field::new(
+            ids_column(encoding),
+            list_of(fixed_list_of(DataType::UInt32, k)),
+            false,
+        ),
+        Field::new(
+            values_column(encoding),
+            list_of(fixed_list_of(value_type, k)),
+            false,
+        ),
         Field::new(TAIL_LOGMASS, list_of(DataType::Float32), false),
     ]))
 }
@@ -209,9 +241,13 @@ pub fn check_schema_for(
     Ok(())
 }
 
-/// The top-k of a schema whose `topk_ids` column is `list<fixed_size_list<_>[k]>`.
+/// The top-k of a schema whose `topk_ids` (or v3 `topk_id_gaps`) column is
+/// `list<fixed_size_list<_>[k]>`.
 pub fn top_k_of(schema: &Schema) -> Option<usize> {
-    let field = schema.field_with_name(TOPK_IDS).ok()?;
+    let field = schema
+        .field_with_name(TOPK_IDS)
+        .or_else(|_| schema.field_with_name(TOPK_ID_GAPS))
+        .ok()?;
     match field.data_type() {
         DataType::List(inner) => match inner.data_type() {
             DataType::FixedSizeList(_, k) => usize::try_from(*k).ok(),
@@ -244,21 +280,29 @@ mod tests {
 
     const SHARD_SCHEMA_FILE: &str = include_str!("../../schemas/v1/shard.schema.json");
     const SHARD_SCHEMA_FILE_V2: &str = include_str!("../../schemas/v2/shard.schema.json");
+    const SHARD_SCHEMA_FILE_V3: &str = include_str!("../../schemas/v3/shard.schema.json");
 
     #[test]
-    fn v2_schema_file_equals_the_compact_arrow_schema_for_k_7_and_50() {
-        let template: Value = serde_json::from_str(SHARD_SCHEMA_FILE_V2).unwrap();
-        for k in [7usize, 50] {
-            let found = schema_json(&arrow_schema_for(k, Encoding::Compact));
-            assert_eq!(
-                found,
-                instantiate(&template, k),
-                "k = {k}: schemas/v2/shard.schema.json differs from the compact schema:\n{}",
-                serde_json::to_string_pretty(&found).unwrap()
-            );
+    fn v2_and_v3_schema_files_equal_the_steps_and_compact_arrow_schemas_for_k_7_and_50() {
+        for (file, encoding, version) in [
+            (SHARD_SCHEMA_FILE_V2, Encoding::Steps, 2),
+            (SHARD_SCHEMA_FILE_V3, Encoding::Compact, 3),
+        ] {
+            let template: Value = serde_json::from_str(file).unwrap();
+            for k in [7usize, 50] {
+                let found = schema_json(&arrow_schema_for(k, encoding));
+                assert_eq!(
+                    found,
+                    instantiate(&template, k),
+                    "k = {k}: schemas/v{version}/shard.schema.json differs from the {} schema:\n{}",
+                    encoding.name(),
+                    serde_json::to_string_pretty(&found).unwrap()
+                );
+            }
+            let err = check_schema_for(&arrow_schema(8), 8, encoding).unwrap_err();
+            assert!(err.contains(&format!("format v{version}")), "{err}");
+            assert_eq!(top_k_of(&arrow_schema_for(9, encoding)), Some(9));
         }
-        let err = check_schema_for(&arrow_schema(8), 8, Encoding::Compact).unwrap_err();
-        assert!(err.contains("format v2"), "{err}");
     }
 
     /// Replace every `"size": "k"` of the template by the number k.

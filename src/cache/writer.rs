@@ -32,7 +32,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::manifest::ShardEntry;
 use super::schema::{self, arrow_schema_for};
-use super::{commit_tmp, tmp_path, Encoding, LOGPROB_STEP};
+use super::{commit_tmp, levels, tmp_path, Encoding, LOGPROB_STEP};
 use crate::error::{Error, IoContext, Result};
 
 /// Rows of one shard in flat, row-major buffers; `seq_len` (S) and `k` are fixed per shard.
@@ -193,6 +193,41 @@ impl ShardBatch {
                     .map_err(|e| internal(format!("{col}: {e}")))?,
             ))
         };
+        // The top-k columns: ids and log-probs as they are (v1), ids with u8 steps (v2), or
+        // sorted by id as gaps and levels (v3).
+        let (ids, values): (ArrayRef, ArrayRef) = match encoding {
+            Encoding::Plain => (
+                Arc::new(UInt32Array::from(self.topk_ids[val.clone()].to_vec())),
+                Arc::new(Float16Array::from(self.topk_logprobs[val].to_vec())),
+            ),
+            Encoding::Steps => {
+                let mut steps = Vec::with_capacity(val.len());
+                encode_steps(&self.topk_logprobs[val.clone()], k, &mut steps);
+                (
+                    Arc::new(UInt32Array::from(self.topk_ids[val].to_vec())),
+                    Arc::new(UInt8Array::from(steps)),
+                )
+            }
+            Encoding::Compact => {
+                let mut gaps = Vec::with_capacity(val.len());
+                let mut lv = Vec::with_capacity(val.len());
+                let mut scratch = Vec::with_capacity(k);
+                for (ids, lps) in self.topk_ids[val.clone()]
+                    .chunks(k)
+                    .zip(self.topk_logprobs[val].chunks(k))
+                {
+                    levels::encode_position(ids, lps, &mut gaps, &mut lv, &mut scratch);
+                }
+                (
+                    Arc::new(UInt32Array::from(gaps)),
+                    Arc::new(UInt8Array::from(lv)),
+                )
+            }
+        };
+        let (ids_name, values_name) = (
+            schema::ids_column(encoding),
+            schema::values_column(encoding),
+        );
         let columns: Vec<ArrayRef> = vec![
             Arc::new(UInt64Array::from(self.seq_ids[range].to_vec())),
             list(
@@ -203,33 +238,8 @@ impl ShardBatch {
                 schema::LOSS_MASK,
                 Arc::new(BooleanArray::from(self.loss_mask[pos.clone()].to_vec())),
             )?,
-            list(
-                schema::TOPK_IDS,
-                fixed(
-                    schema::TOPK_IDS,
-                    Arc::new(UInt32Array::from(self.topk_ids[val.clone()].to_vec())),
-                )?,
-            )?,
-            match encoding {
-                Encoding::Plain => list(
-                    schema::TOPK_LOGPROBS,
-                    fixed(
-                        schema::TOPK_LOGPROBS,
-                        Arc::new(Float16Array::from(self.topk_logprobs[val].to_vec())),
-                    )?,
-                )?,
-                Encoding::Compact => {
-                    let mut steps = Vec::with_capacity(val.len());
-                    encode_steps(&self.topk_logprobs[val], k, &mut steps);
-                    list(
-                        schema::TOPK_LOGPROB_STEPS,
-                        fixed(
-                            schema::TOPK_LOGPROB_STEPS,
-                            Arc::new(UInt8Array::from(steps)),
-                        )?,
-                    )?
-                }
-            },
+            list(ids_name, fixed(ids_name, ids)?)?,
+            list(values_name, fixed(values_name, values)?)?,
             list(
                 schema::TAIL_LOGMASS,
                 Arc::new(Float32Array::from(self.tail_logmass[pos].to_vec())),
@@ -239,7 +249,7 @@ impl ShardBatch {
     }
 }
 
-/// The compact encoding of log-probs (each position's k values non-increasing): `q_j =
+/// The `steps` encoding of log-probs (format v2; each position's k values non-increasing): `q_j =
 /// round(−ℓ_j / LOGPROB_STEP)`, stored as steps `q_j − q_{j−1}` (`q_{−1} = 0`) that fit in a u8.
 /// A step larger than 255 (a drop of more than 31.9 nats between neighbours, far below any
 /// probability that matters) is cut to 255 and the next steps continue from the decoded value,
@@ -293,7 +303,7 @@ pub struct WriteOptions {
     /// Extra footer key-value metadata, e.g. [`schema::META_VOCAB_SIZE`]. The writer itself sets
     /// format version, top-k and seq_len from the batch.
     pub metadata: Vec<(String, String)>,
-    /// Plain (format v1) or compact (format v2).
+    /// Plain (format v1), compact (format v3) or steps (format v2).
     pub encoding: Encoding,
 }
 
@@ -312,7 +322,7 @@ impl Default for WriteOptions {
 /// tokens fits as u32, so the dictionary never falls back to PLAIN halfway through a row group.
 const TOPK_IDS_DICTIONARY_BYTES: usize = 4 << 20;
 
-/// Data page size of the compact encoding's top-k columns: zstd compresses each page on its own,
+/// Data page size of the v2 and v3 encodings' top-k columns: zstd compresses each page on its own,
 /// and pages of a whole row group let its entropy coder learn the byte planes once (the 1 MiB
 /// default costs 5–25% on these columns).
 const COMPACT_PAGE_BYTES: usize = 16 << 20;
@@ -523,10 +533,12 @@ impl ShardWriter {
 /// - `input_ids`: PLAIN (smaller than dictionary or delta); `seq_id`: DELTA_BINARY_PACKED.
 /// - Statistics only on `seq_id` (the one column worth filtering on).
 ///
-/// The compact encoding (format v2) differs in two columns: `topk_ids` BYTE_STREAM_SPLIT (the
+/// The steps encoding (format v2) differs in two columns: `topk_ids` BYTE_STREAM_SPLIT (the
 /// four byte planes of the ids apart, so zstd's entropy coder sees the skewed high bytes on
 /// their own; 20–25% smaller than the dictionary on 151,936-token vocabularies, see
-/// `benches/storage.rs`), and `topk_logprob_steps` (u8 steps) PLAIN.
+/// `benches/storage.rs`), and `topk_logprob_steps` (u8 steps) BYTE_STREAM_SPLIT too. The
+/// compact encoding (format v3) stores `topk_id_gaps` and `topk_logprob_levels` the same way:
+/// the gaps' byte planes are small numbers in the low planes and zeros above.
 fn writer_properties(
     schema: &Schema,
     seq_len: usize,
@@ -543,8 +555,10 @@ fn writer_properties(
         (schema::META_TOP_K, k.to_string()),
         (schema::META_SEQ_LEN, seq_len.to_string()),
     ];
-    if opts.encoding == Encoding::Compact {
-        own.push((schema::META_LOGPROB_STEP, LOGPROB_STEP.to_string()));
+    match opts.encoding {
+        Encoding::Plain => {}
+        Encoding::Steps => own.push((schema::META_LOGPROB_STEP, LOGPROB_STEP.to_string())),
+        Encoding::Compact => own.push((schema::META_LOGPROB_LEVELS, levels::footer_value())),
     }
     let mut kv: Vec<KeyValue> = own
         .iter()
@@ -578,7 +592,10 @@ fn writer_properties(
             schema::SEQ_ID => builder
                 .set_column_statistics_enabled(path.clone(), EnabledStatistics::Chunk)
                 .set_column_encoding(path, ParquetEncoding::DELTA_BINARY_PACKED),
-            schema::TOPK_IDS | schema::TOPK_LOGPROB_STEPS if opts.encoding == Encoding::Compact => {
+            name if opts.encoding != Encoding::Plain
+                && (name == schema::ids_column(opts.encoding)
+                    || name == schema::values_column(opts.encoding)) =>
+            {
                 builder
                     .set_column_data_page_size_limit(path.clone(), COMPACT_PAGE_BYTES)
                     .set_column_data_page_row_count_limit(path.clone(), usize::MAX)
@@ -659,13 +676,27 @@ mod tests {
     }
 
     #[test]
-    fn compact_batches_have_the_v2_schema_and_plain_ones_v1() {
+    fn every_encoding_builds_batches_of_its_own_schema() {
         let b = crate::cache::testutil::random_batch(3, 5, 4, 100, 30, 1);
-        let plain = b.to_record_batch(0..3).unwrap();
-        let compact = b.to_record_batch_for(0..3, Encoding::Compact).unwrap();
-        assert!(plain.column_by_name(schema::TOPK_LOGPROBS).is_some());
-        assert!(compact.column_by_name(schema::TOPK_LOGPROB_STEPS).is_some());
-        assert!(compact.column_by_name(schema::TOPK_LOGPROBS).is_none());
-        assert_eq!(compact.schema(), arrow_schema_for(4, Encoding::Compact));
+        for encoding in Encoding::ALL {
+            let rb = b.to_record_batch_for(0..3, encoding).unwrap();
+            assert_eq!(rb.schema(), arrow_schema_for(4, encoding), "{encoding:?}");
+            for other in [
+                schema::TOPK_LOGPROBS,
+                schema::TOPK_LOGPROB_STEPS,
+                schema::TOPK_LOGPROB_LEVELS,
+            ] {
+                let expected = other == schema::values_column(encoding);
+                assert_eq!(
+                    rb.column_by_name(other).is_some(),
+                    expected,
+                    "{encoding:?} {other}"
+                );
+            }
+        }
+        assert_eq!(
+            b.to_record_batch(0..3).unwrap().schema(),
+            arrow_schema_for(4, Encoding::Plain)
+        );
     }
 }

@@ -761,9 +761,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(tok.contains("tokenizer_sha256"), "{tok}");
-        let mut v3 = m.clone();
-        v3.format_version = 3;
-        assert!(check_compatible(p, &v3, 1000, None)
+        let mut future = m.clone();
+        future.format_version = 4;
+        assert!(check_compatible(p, &future, 1000, None)
             .unwrap_err()
             .to_string()
             .contains("format_version"));

@@ -100,7 +100,7 @@ pub struct PrecomputeOptions {
     pub text_split: TextSplit,
     pub shard_rows: usize,
     pub zstd_level: i32,
-    /// `plain` (format v1) or `compact` (format v2).
+    /// `plain` (format v1), `compact` (format v3) or `steps` (format v2).
     #[serde(default)]
     pub encoding: Encoding,
     pub worker: usize,

@@ -4,10 +4,11 @@
     python3 tests/python/check_cache.py CACHE [--require-jsonschema]
 
 For every shard listed in CACHE/manifest.json: pyarrow reads it; each column has exactly the
-type string of its format (v1, schemas/v1/README.md, or the compact v2, schemas/v2/README.md) and
+type string of its format (v1, v2 or v3: schemas/vN/README.md) and
 is non-nullable; every list has length seq_len and every fixed-size list length top_k; row
 counts, seq ids and footer metadata match the manifest. For v2 the log-probs are decoded as the
-README says (cumulative sum of the steps times -taidcache.logprob_step) and each position's top-k
+README says (cumulative sum of the steps times -taidcache.logprob_step), for v3 the ids are
+the cumulative sums of the gaps and the log-probs the footer's levels; each position's top-k
 plus tail mass must be 1 within the quantization. manifest.json is validated against
 schemas/vN/manifest.schema.json with the `jsonschema` package when it is installed (required with
 --require-jsonschema).
@@ -22,8 +23,12 @@ import sys
 SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schemas")
 
 
+def ids_column(version):
+    return "topk_id_gaps" if version == 3 else "topk_ids"
+
+
 def values_column(version):
-    return "topk_logprobs" if version == 1 else "topk_logprob_steps"
+    return {1: "topk_logprobs", 2: "topk_logprob_steps", 3: "topk_logprob_levels"}[version]
 
 
 def expected_types(k, version):
@@ -32,7 +37,7 @@ def expected_types(k, version):
         "seq_id": "uint64",
         "input_ids": "list<item: uint32>",
         "loss_mask": "list<item: bool>",
-        "topk_ids": f"list<item: fixed_size_list<item: uint32>[{k}]>",
+        ids_column(version): f"list<item: fixed_size_list<item: uint32>[{k}]>",
         values_column(version): f"list<item: fixed_size_list<item: {value_type}>[{k}]>",
         "tail_logmass": "list<item: float>",
     }
@@ -52,8 +57,8 @@ def validate_manifest(manifest, require_jsonschema):
         print("check_cache: jsonschema not installed, manifest schema not validated", file=sys.stderr)
         return
     version = manifest.get("format_version")
-    if version not in (1, 2):
-        fail(f"manifest.json: format_version {version!r} is not 1 or 2")
+    if version not in (1, 2, 3):
+        fail(f"manifest.json: format_version {version!r} is not 1, 2 or 3")
     with open(os.path.join(SCHEMAS, f"v{version}", "manifest.schema.json")) as f:
         schema = json.load(f)
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -100,7 +105,7 @@ def check_shard(cache, entry, manifest):
     seq_ids = table.column("seq_id").to_pylist()
     if seq_ids != list(range(entry["seq_id_start"], entry["seq_id_end"])):
         fail(f"{path}: seq ids {seq_ids[:3]}..., manifest says {entry['seq_id_start']}..{entry['seq_id_end']}")
-    for name in ["input_ids", "loss_mask", "topk_ids", values_column(version), "tail_logmass"]:
+    for name in ["input_ids", "loss_mask", ids_column(version), values_column(version), "tail_logmass"]:
         col = table.column(name)
         if col.null_count:
             fail(f"{path}: column {name} has {col.null_count} nulls")
@@ -118,6 +123,8 @@ def check_shard(cache, entry, manifest):
                 fail(f"{path}: column {name} has {len(values)} values ({values.null_count} null), expected {entry['rows'] * s * k}")
     if version == 2:
         check_steps(path, table, meta, k)
+    if version == 3:
+        check_levels(path, table, meta, k, manifest["vocab_size"])
     return table.num_rows
 
 
@@ -137,6 +144,32 @@ def check_steps(path, table, meta, k):
     worst = np.abs(np.log(mass)).max()
     if worst > step / 2 + 1e-3:
         fail(f"{path}: decoded top-k + tail mass is off by a factor e^{worst:.4f}, more than e^(step/2)")
+
+
+def check_levels(path, table, meta, k, vocab):
+    """Decode v3 as schemas/v3/README.md says: ids ascending below vocab, mass 1 ± quantization."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    try:
+        levels = np.array(json.loads(meta["taidcache.logprob_levels"]), dtype=np.float64)
+    except (KeyError, ValueError) as e:
+        fail(f"{path}: footer metadata taidcache.logprob_levels is missing or not JSON ({e})")
+    if levels.shape != (256,) or levels[0] != 0 or not np.all(np.diff(levels) < 0):
+        fail(f"{path}: taidcache.logprob_levels is not 256 descending log-probs from 0")
+    gaps = pc.list_flatten(pc.list_flatten(table.column("topk_id_gaps"))).to_numpy()
+    ids = np.cumsum(gaps.reshape(-1, k).astype(np.int64), axis=1)
+    if ids.max() >= vocab or (k > 1 and np.diff(ids, axis=1).min() < 1):
+        fail(f"{path}: decoded ids are not ascending below vocab_size {vocab}")
+    lv = pc.list_flatten(pc.list_flatten(table.column("topk_logprob_levels"))).to_numpy()
+    p = np.exp(levels[lv.reshape(-1, k)])
+    tail = pc.list_flatten(table.column("tail_logmass")).to_numpy().astype(np.float64)
+    mass = p.sum(axis=1) + np.exp(tail)
+    # Each sqrt(p) within 1/256 of its level's (log-probs within 0.25 nats below p = 1/1024).
+    bound = np.maximum((np.sqrt(p) + 1 / 512) / 128, p * np.expm1(0.25)).sum(axis=1) + 1e-3
+    worst = (np.abs(mass - 1) / bound).max()
+    if worst > 1:
+        fail(f"{path}: decoded top-k + tail mass is off by {worst:.2f} of the quantization bound")
 
 
 def main(argv):
