@@ -90,15 +90,22 @@ fn pyarrow_reads_every_shard_with_the_documented_schema() {
     let fx = Fixture::new(taidcache::model::Architecture::Qwen2, 20);
     let opts = options(&fx, "cache");
     precompute::run(&opts, &mut Vec::new()).unwrap();
+    assert_check_cache_py_accepts(&opts.out, &[]);
+}
+
+/// Run `tests/python/check_cache.py CACHE ARGS…` (plain pyarrow) and assert it passes.
+fn assert_check_cache_py_accepts(cache: &Path, args: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
-        .arg(&opts.out)
+        .arg(cache)
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "check_cache.py failed:\n{}\n{}",
+        "check_cache.py failed on {}:\n{}\n{}",
+        cache.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -399,17 +406,7 @@ fn compact_and_steps_caches_keep_ids_and_tails_and_round_log_probs_within_their_
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
         let i = taidcache(&["inspect", cache, "--json"]);
         assert!(i.status.success(), "{}", String::from_utf8_lossy(&i.stderr));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
-        let out = std::process::Command::new("python3")
-            .args([script.to_str().unwrap(), cache, "--require-jsonschema"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "check_cache.py failed on the {encoding:?} cache:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_check_cache_py_accepts(&compact.out, &["--require-jsonschema"]);
     }
 }
 

@@ -116,20 +116,20 @@ pub fn encode_position(
 }
 
 /// Decodes level bytes through a table of f16 log-probs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Decoder {
     table: [f16; LEVELS],
 }
 
-impl Default for Decoder {
-    fn default() -> Self {
-        Decoder {
-            table: table().map(f16::from_f32),
-        }
-    }
-}
-
 impl Decoder {
+    /// The decoder of this version's one table, built once per process.
+    pub fn get() -> &'static Decoder {
+        static DECODER: std::sync::OnceLock<Decoder> = std::sync::OnceLock::new();
+        DECODER.get_or_init(|| Decoder {
+            table: table().map(f16::from_f32),
+        })
+    }
+
     /// Append the ids (running sums of `gaps`, per position of `k`) and the log-probs of
     /// `levels` to `ids` and `logprobs`.
     pub fn decode(
@@ -213,7 +213,7 @@ mod tests {
         encode_position(&ids[..], &lps, &mut gaps, &mut levels, &mut scratch);
         assert_eq!(&gaps[..5], &[3, 1, 73, 823, 149_100]);
         let (mut back_ids, mut back_lps) = (Vec::new(), Vec::new());
-        Decoder::default().decode(&gaps, &levels, 5, &mut back_ids, &mut back_lps);
+        Decoder::get().decode(&gaps, &levels, 5, &mut back_ids, &mut back_lps);
         assert_eq!(back_ids, [3, 4, 77, 900, 150_000, 3, 4, 77, 900, 150_000]);
         for (id, l) in back_ids.iter().zip(&back_lps) {
             let i = ids.iter().position(|x| x == id).unwrap();

@@ -42,8 +42,6 @@ pub struct ShardReader {
     encoding: Encoding,
     /// Quantization step of a v2 (steps) shard (nats); 0 otherwise.
     logprob_step: f32,
-    /// The level table of a v3 (compact) shard.
-    levels: Option<levels::Decoder>,
 }
 
 impl ShardReader {
@@ -65,7 +63,6 @@ impl ShardReader {
             seq_len: 0,
             encoding: Encoding::Plain,
             logprob_step: 0.0,
-            levels: None,
         };
         let version = reader.required_number(schema::META_FORMAT_VERSION)?;
         reader.encoding = Encoding::from_format_version(version as u64).ok_or_else(|| {
@@ -82,7 +79,6 @@ impl ShardReader {
             let value = reader.key_value(key).unwrap_or_default();
             levels::check_footer_value(&value)
                 .map_err(|msg| Error::cache(path, format!("footer metadata `{key}` {msg}")))?;
-            reader.levels = Some(levels::Decoder::default());
         }
         if reader.encoding == Encoding::Steps {
             let key = schema::META_LOGPROB_STEP;
@@ -168,7 +164,7 @@ impl ShardReader {
         self.seq_len
     }
 
-    /// Plain (format v1) or compact (format v2), from the footer.
+    /// Plain (format v1), steps (v2) or compact (v3), from the footer.
     pub fn encoding(&self) -> Encoding {
         self.encoding
     }
@@ -267,28 +263,28 @@ impl ShardReader {
         let ids_name = schema::ids_column(self.encoding);
         let ids = col.fixed(col.list(ids_name)?, ids_name)?;
         let ids = col.primitive::<UInt32Type>(&ids, ids_name)?;
-        if let Some(decoder) = &self.levels {
-            let name = schema::TOPK_LOGPROB_LEVELS;
-            let lv = col.fixed(col.list(name)?, name)?;
-            let lv = col.primitive::<UInt8Type>(&lv, name)?;
-            decoder.decode(ids, lv, k, &mut out.topk_ids, &mut out.topk_logprobs);
-        } else {
-            out.topk_ids.extend_from_slice(ids);
-        }
-
+        let values_name = schema::values_column(self.encoding);
+        let values = col.fixed(col.list(values_name)?, values_name)?;
         match self.encoding {
             Encoding::Plain => {
-                let lp = col.fixed(col.list(schema::TOPK_LOGPROBS)?, schema::TOPK_LOGPROBS)?;
+                out.topk_ids.extend_from_slice(ids);
                 out.topk_logprobs
-                    .extend_from_slice(col.primitive::<Float16Type>(&lp, schema::TOPK_LOGPROBS)?);
+                    .extend_from_slice(col.primitive::<Float16Type>(&values, values_name)?);
             }
-            // Decoded with the ids above.
-            Encoding::Compact => {}
             Encoding::Steps => {
-                let name = schema::TOPK_LOGPROB_STEPS;
-                let steps = col.fixed(col.list(name)?, name)?;
-                let steps = col.primitive::<UInt8Type>(&steps, name)?;
+                out.topk_ids.extend_from_slice(ids);
+                let steps = col.primitive::<UInt8Type>(&values, values_name)?;
                 decode_steps(steps, k, self.logprob_step, &mut out.topk_logprobs);
+            }
+            Encoding::Compact => {
+                let lv = col.primitive::<UInt8Type>(&values, values_name)?;
+                levels::Decoder::get().decode(
+                    ids,
+                    lv,
+                    k,
+                    &mut out.topk_ids,
+                    &mut out.topk_logprobs,
+                );
             }
         }
 
