@@ -163,7 +163,7 @@ def rows():
 
     def rss_ratio():
         d = rss(4) - rss(1)
-        return f"+{d:.0f} MB", yes(d < 50)
+        return f"{d:+.0f} MB", yes(d < 50)
 
     return [
         (f"top-k V=151,936 k=50: select / max pass ({os.cpu_count()} threads, paired rounds, medians)",
