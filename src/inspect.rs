@@ -467,12 +467,9 @@ struct PositionChecker {
     k: usize,
     vocab: usize,
     seen: Vec<u64>,
-    /// Relative error of a stored probability from quantization beyond f16 rounding: 0 for
-    /// plain, `e^(step/2) − 1` for steps (every log-prob within half a step).
-    quantization: f64,
-    /// Format v3 (compact): ids ascending instead of log-probs descending, and each
-    /// probability within [`levels::error_bound`] of its level.
-    levels: bool,
+    /// What the positions must look like: log-probs descending (plain, steps) or ids ascending
+    /// (compact), and how far quantization may move each probability beyond f16 rounding.
+    encoding: Encoding,
 }
 
 impl PositionChecker {
@@ -481,21 +478,15 @@ impl PositionChecker {
             k,
             vocab,
             seen: vec![0; vocab.div_ceil(64)],
-            quantization: 0.0,
-            levels: false,
+            encoding: Encoding::Plain,
         }
     }
 
     fn for_encoding(k: usize, vocab: usize, encoding: Encoding) -> Self {
-        let mut checker = Self::new(k, vocab);
-        match encoding {
-            Encoding::Plain => {}
-            Encoding::Steps => {
-                checker.quantization = (f64::from(crate::cache::LOGPROB_STEP) / 2.0).exp_m1();
-            }
-            Encoding::Compact => checker.levels = true,
+        Self {
+            encoding,
+            ..Self::new(k, vocab)
         }
-        checker
     }
 
     /// Check the rows of `b`, which are rows `row0..` of the shard whose first seq id is
@@ -544,9 +535,10 @@ impl PositionChecker {
         let ids = &b.topk_ids[p * k..(p + 1) * k];
         let lps = &b.topk_logprobs[p * k..(p + 1) * k];
         let tau = b.tail_logmass[p];
+        let ids_ascending = self.encoding == Encoding::Compact;
         let mut result = Ok(());
         for (j, &id) in ids.iter().enumerate() {
-            if self.levels && j > 0 && id <= ids[j - 1] {
+            if ids_ascending && j > 0 && id <= ids[j - 1] {
                 result = Err(format!(
                     "topk_id_gaps: ids not ascending: [{}] = {} >= [{j}] = {id}",
                     j - 1,
@@ -572,16 +564,17 @@ impl PositionChecker {
 
         let mut mass = 0.0f64;
         let mut spread = 0.0f64;
-        let mut level_error = 0.0f64;
+        // Bound on Σ |p − p̂| from quantization beyond f16 rounding: none for plain, every
+        // log-prob within half a step for steps, each p within its level's bound for compact.
+        let mut quantization = 0.0f64;
+        let step_error = (f64::from(crate::cache::LOGPROB_STEP) / 2.0).exp_m1();
         let mut prev = f32::INFINITY;
         for (j, l) in lps.iter().enumerate() {
             let l = l.to_f32();
             if !l.is_finite() {
                 return Err(format!("topk_logprobs[{j}] = {l} is not finite"));
             }
-            if self.levels {
-                level_error += levels::error_bound(f64::from(l).exp());
-            } else if l > prev {
+            if !ids_ascending && l > prev {
                 return Err(format!(
                     "topk_logprobs not descending: [{}] = {prev} < [{j}] = {l}",
                     j - 1
@@ -591,6 +584,11 @@ impl PositionChecker {
             let pr = f64::from(l).exp();
             mass += pr;
             spread += pr * f64::from(l).abs();
+            quantization += match self.encoding {
+                Encoding::Plain => 0.0,
+                Encoding::Steps => pr * step_error,
+                Encoding::Compact => levels::error_bound(pr),
+            };
         }
         let nothing_dropped = k == self.vocab && tau == f32::NEG_INFINITY;
         if !(tau.is_finite() || nothing_dropped) || tau > 0.0 {
@@ -604,7 +602,7 @@ impl PositionChecker {
             ));
         }
         let total = mass + f64::from(tau).exp();
-        let tol = 1e-4 + spread / 1024.0 + mass * self.quantization + level_error;
+        let tol = 1e-4 + spread / 1024.0 + quantization;
         if (total - 1.0).abs() > tol {
             return Err(format!(
                 "top-k mass {mass:.6} + tail mass {:.6} = {total:.6}, not 1 within {tol:.2e}",

@@ -379,8 +379,9 @@ mod tests {
     use crate::hash::xxh3_file;
     use half::f16;
 
-    /// Write `batch` with `encoding` in row groups of 4 and read it back whole.
-    fn round_trip(batch: &ShardBatch, encoding: Encoding) -> (ShardReader, ShardBatch) {
+    /// Write `batch` with `encoding` in row groups of 4 and read it back whole, checking that the
+    /// footer names `encoding` and `version` and that every column but the top-k came back as is.
+    fn round_trip(batch: &ShardBatch, encoding: Encoding, version: &str) -> ShardBatch {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("part-00000.parquet");
         let opts = WriteOptions {
@@ -396,23 +397,23 @@ mod tests {
             r.read_row_group_into(g, &mut part).unwrap();
             back.extend_from(&part);
         }
-        (r, back)
+        assert_eq!(r.encoding(), encoding);
+        assert_eq!(
+            r.key_value(schema::META_FORMAT_VERSION).as_deref(),
+            Some(version)
+        );
+        assert_eq!(back.seq_ids, batch.seq_ids);
+        assert_eq!(back.input_ids, batch.input_ids);
+        assert_eq!(back.loss_mask, batch.loss_mask);
+        assert_eq!(back.tail_logmass, batch.tail_logmass);
+        back
     }
 
     #[test]
     fn steps_round_trip_keeps_everything_but_rounds_log_probs_to_half_a_step() {
         let batch = random_batch(11, 12, 5, 1000, 40, 3);
-        let (r, back) = round_trip(&batch, Encoding::Steps);
-        assert_eq!(r.encoding(), Encoding::Steps);
-        assert_eq!(
-            r.key_value(schema::META_FORMAT_VERSION).as_deref(),
-            Some("2")
-        );
-        assert_eq!(back.seq_ids, batch.seq_ids);
-        assert_eq!(back.input_ids, batch.input_ids);
-        assert_eq!(back.loss_mask, batch.loss_mask);
+        let back = round_trip(&batch, Encoding::Steps, "2");
         assert_eq!(back.topk_ids, batch.topk_ids);
-        assert_eq!(back.tail_logmass, batch.tail_logmass);
         let step = crate::cache::LOGPROB_STEP;
         for (a, b) in batch.topk_logprobs.iter().zip(&back.topk_logprobs) {
             let (a, b) = (a.to_f32(), b.to_f32());
@@ -426,16 +427,7 @@ mod tests {
     #[test]
     fn compact_round_trip_sorts_each_position_by_id_and_keeps_every_probability_within_its_level() {
         let batch = random_batch(11, 12, 5, 1000, 40, 3);
-        let (r, back) = round_trip(&batch, Encoding::Compact);
-        assert_eq!(r.encoding(), Encoding::Compact);
-        assert_eq!(
-            r.key_value(schema::META_FORMAT_VERSION).as_deref(),
-            Some("3")
-        );
-        assert_eq!(back.seq_ids, batch.seq_ids);
-        assert_eq!(back.input_ids, batch.input_ids);
-        assert_eq!(back.loss_mask, batch.loss_mask);
-        assert_eq!(back.tail_logmass, batch.tail_logmass);
+        let back = round_trip(&batch, Encoding::Compact, "3");
         let k = batch.k;
         let mut worst = 0f64;
         for p in 0..batch.tail_logmass.len() {
