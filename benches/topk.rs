@@ -7,7 +7,9 @@
 //! - `full_sort`: the simple reference (full log-softmax and a sort of every row);
 //! - `select_cached_1t`, `max_cached_1t`: the first two on one thread over one row read `ROWS`
 //!   times, so that it comes from the cache: their compute cost alone, for the profile in
-//!   `docs/performance.md` (one-thread `select` ≈ memory time of `max_pass` + this compute).
+//!   `docs/performance.md` (one-thread `select` ≈ memory time of `max_pass` + this compute);
+//! - `select_flat_cached_1t/32000`: the same on a row of standard normal logits, like the
+//!   random teacher's of `benches/precompute.rs`, where most chunks hold candidates.
 //!
 //! After the criterion groups, `select` and `max_pass` at vocab 151,936 are also timed in
 //! alternation (`PAIRED_ROUNDS` rounds, see `benches/common/paired.rs`): the median per-round
@@ -95,6 +97,24 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    // Rows like a random teacher's (the precompute bench's): standard normal logits, so the
+    // k-th value rises slowly and most chunks of a row hold a candidate. One row, cached, one
+    // thread: the candidates' share of the compute.
+    let vocab = 32_000;
+    let mut rng = taidcache::testing::Normal::new(5);
+    let flat: Vec<f32> = (0..vocab).map(|_| rng.sample()).collect();
+    let (mut flat_ids, mut flat_lp) = (vec![0u32; K], vec![0f32; K]);
+    group.bench_with_input(
+        BenchmarkId::new("select_flat_cached_1t", vocab),
+        &flat,
+        |b, flat| {
+            b.iter(|| {
+                for _ in 0..ROWS {
+                    topk_row(flat, &mut flat_ids, &mut flat_lp).unwrap();
+                }
+            })
+        },
+    );
     group.finish();
 }
 

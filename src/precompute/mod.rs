@@ -806,6 +806,7 @@ fn run_teacher(
 /// finished batches on to the writer.
 fn run_topk(teacher_path: &Path, rx: Receiver<Selection>, tx: SyncSender<Rows>) -> Result<()> {
     let hung_up = || Error::Internal("the writer stage stopped".into());
+    let pool = topk_pool()?;
     for selection in rx {
         match selection {
             Selection::Batch {
@@ -813,7 +814,7 @@ fn run_topk(teacher_path: &Path, rx: Receiver<Selection>, tx: SyncSender<Rows>) 
                 rows,
                 chunks,
             } => {
-                let mut batch = Selected::new(rows, teacher_path);
+                let mut batch = Selected::new(rows, teacher_path, &pool);
                 for chunk in chunks {
                     batch.add(chunk)?;
                 }
@@ -832,6 +833,30 @@ fn run_topk(teacher_path: &Path, rx: Receiver<Selection>, tx: SyncSender<Rows>) 
         }
     }
     Err(Error::Internal("the teacher stage stopped".into()))
+}
+
+/// The top-k's own threads, one per CPU, at the lowest priority (nice 19, on Linux).
+///
+/// On a CPU teacher both cores run the forward's matrix products, on rayon's global pool; a
+/// top-k on that pool took turns with them, so its time added to the forward's. At the lowest
+/// priority it runs in the gaps the forward leaves (its single-threaded parts, the waits
+/// between products), and whenever the forward waits for it (the chunk channel is full) it has
+/// every core. `benches/precompute.rs` paired, 24 rounds each, same binary: full / forward
+/// 1.080 on the global pool, 1.068 at nice 19 (docs/performance.md).
+fn topk_pool() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("taidcache-topk-{i}"))
+        .start_handler(|_| {
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority only changes the scheduling weight; with `who` = 0 it is the
+            // calling thread's on Linux (a thread is its own scheduling entity). Failure leaves
+            // the default priority, which is only slower.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            }
+        })
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the top-k threads: {e}")))
 }
 
 /// A batch's rows as the producer packed them (sequence ids, input ids, loss masks), with the
@@ -914,16 +939,19 @@ pub fn forward_chunks(
 /// A batch being filled with the top-k of its chunks.
 struct Selected<'a> {
     rows: ShardBatch,
+    /// Where the top-k of host logits runs ([`topk_pool`]).
+    pool: &'a rayon::ThreadPool,
     /// f32 log-probs, `[positions, k]`, converted to f16 once the batch is complete.
     logprobs: Vec<f32>,
     teacher_path: &'a Path,
 }
 
 impl<'a> Selected<'a> {
-    fn new(rows: ShardBatch, teacher_path: &'a Path) -> Self {
+    fn new(rows: ShardBatch, teacher_path: &'a Path, pool: &'a rayon::ThreadPool) -> Self {
         let logprobs = vec![0f32; rows.topk_ids.len()];
         Self {
             rows,
+            pool,
             logprobs,
             teacher_path,
         }
@@ -969,14 +997,12 @@ impl<'a> Selected<'a> {
                 let (lo, hi) = layout
                     .contiguous_offsets()
                     .ok_or_else(|| Error::Internal("logits are not contiguous".into()))?;
-                let result = topk::topk_rows(
-                    &data[lo..hi],
-                    vocab,
-                    k,
-                    &mut self.rows.topk_ids[start * k..(start + n) * k],
-                    &mut self.logprobs[start * k..(start + n) * k],
-                    &mut self.rows.tail_logmass[start..start + n],
-                );
+                let ids = &mut self.rows.topk_ids[start * k..(start + n) * k];
+                let lps = &mut self.logprobs[start * k..(start + n) * k];
+                let tails = &mut self.rows.tail_logmass[start..start + n];
+                let result = self
+                    .pool
+                    .install(|| topk::topk_rows(&data[lo..hi], vocab, k, ids, lps, tails));
                 if let Err((r, v)) = result {
                     return Err(self.non_finite(start + r, Some(v)));
                 }

@@ -8,23 +8,28 @@
 //!
 //! The row is read once, in chunks of [`CHUNK`] elements that stay in L1:
 //!
-//! - the chunk's maximum is compared with the current k-th value `thr`; almost every chunk is
-//!   below it, and only the rare chunk above it is walked element by element to update the k
-//!   best (a sorted array; an element pushed out of it joins the tail sum);
-//! - every element `x ≤ thr` (as `thr` stood at the start of the chunk) is certainly in the
-//!   tail, since `thr` only grows: `exp(x − M)` is added into f32 lanes, where `M` is the
-//!   running maximum (the tail sum is rescaled on the rare new maximum), and the lanes are folded
-//!   into an f64 total every [`FOLD`] chunks.
+//! - every element `x ≤ thr` (the k-th value of the k best so far, as it stood at the start of
+//!   the chunk) is certainly in the tail, since `thr` only grows: `exp(x − M)` is added into f32
+//!   lanes, where `M` is the running maximum (the tail sum is rescaled on the rare new maximum),
+//!   and the lanes are folded into an f64 total every [`FOLD`] chunks;
+//! - the few elements above it are found by mask bits and appended to a pool behind the k best;
+//!   every [`POOL_EXTRA`] candidates the pool is cut back to k (`select_nth_unstable`), the rest
+//!   joins the tail and `thr` rises to the new k-th value ([`Pass`]).
 //!
-//! `exp` is branch-free so that the chunk loops vectorize. The row kernel exists twice:
+//! `exp` is branch-free so that the chunk loops vectorize. The row kernel exists three times,
+//! picked at run time:
 //!
 //! - on AVX-512, written with intrinsics ([`topk_row_avx512`]): a table-driven `exp`
 //!   (2^(j/32) from 32 entries in two registers, a degree-2 polynomial, the exponent added as an
 //!   integer; relative error below 2e-6 on `[-87, 0]`) and one mask compare per 16 logits for
 //!   the candidates: 15 instructions per 16 logits, 23% less time than the portable kernel
 //!   compiled for AVX-512 (`topk/select_cached_1t`, 12.3 → 9.7 ms);
-//! - portable ([`topk_row_impl`]): Cody–Waite + degree-5 polynomial ([`exp_le0`], relative error
-//!   below 3e-7), compiled for AVX2 + FMA and for baseline x86-64 or other targets.
+//! - on AVX2 + FMA, written with intrinsics ([`avx2::topk_row`]): Cody–Waite + degree-5
+//!   polynomial ([`exp_le0`], relative error below 3e-7) on two registers per 16 logits, one
+//!   AND-mask for the candidates; the portable loop compiled for AVX2 kept its 32 lanes of sums,
+//!   minima and maxima on the stack;
+//! - portable ([`topk_row_impl`]): the same pass as plain loops over [`LANES`] lanes that the
+//!   compiler vectorizes, for baseline x86-64 and other targets.
 //!
 //! The kernel is picked at run time. `benches/topk.rs` holds it against a bare streaming
 //! maximum of the same rows (`topk/select` against `topk/max_pass`).
@@ -60,13 +65,13 @@ pub fn topk_row(row: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> Result<f3
             return unsafe { topk_row_avx2(row, ids, logprobs) };
         }
     }
-    topk_row_impl::<false>(row, ids, logprobs)
+    topk_row_impl(row, ids, logprobs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn topk_row_avx2(row: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> Result<f32, usize> {
-    topk_row_impl::<true>(row, ids, logprobs)
+    avx2::topk_row(row, ids, logprobs)
 }
 
 /// The maximum of a row, as fast as the machine streams it: the baseline that `benches/topk.rs`
@@ -175,73 +180,93 @@ fn prefetch(row: &[f32], from: usize, len: usize) {
     let _ = (row, from, len);
 }
 
-/// The running k best: `vals` descending, equal values in increasing id order.
-struct Best<'a> {
-    vals: &'a mut [f32],
-    ids: &'a mut [u32],
+/// Candidates gathered beyond the k best before they are cut back to k ([`Pass::compact`]).
+const POOL_EXTRA: usize = 64;
+
+/// A candidate (value, id) as one integer whose ascending order is the selection's: the larger
+/// value first, then the smaller id (values in `f32::total_cmp` order). Integer keys make the
+/// pool's `select_nth_unstable` and final sort branch-free compares instead of a closure.
+#[inline(always)]
+fn rank_key(x: f32, id: u32) -> u64 {
+    let b = x.to_bits();
+    // Monotone in x: negative values have every bit flipped, positive ones the sign bit set.
+    let ord = if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    };
+    ((!ord as u64) << 32) | id as u64
 }
 
-impl Best<'_> {
-    /// Insert `x` (greater than the k-th value) with id `id`; returns the value pushed out.
-    #[inline]
-    fn push(&mut self, x: f32, id: u32) -> f32 {
-        let k = self.vals.len();
-        let out = self.vals[k - 1];
-        let pos = self.vals[..k - 1].partition_point(|&v| v >= x);
-        self.vals.copy_within(pos..k - 1, pos + 1);
-        self.ids.copy_within(pos..k - 1, pos + 1);
-        self.vals[pos] = x;
-        self.ids[pos] = id;
-        out
-    }
+/// The (value, id) of a [`rank_key`].
+#[inline(always)]
+fn from_rank_key(key: u64) -> (f32, u32) {
+    let ord = !((key >> 32) as u32);
+    let b = if ord & 0x8000_0000 != 0 {
+        ord & 0x7FFF_FFFF
+    } else {
+        !ord
+    };
+    (f32::from_bits(b), key as u32)
 }
 
 /// A non-finite logit was met; its position is found afterwards ([`first_non_finite`]).
 struct NonFinite;
 
-/// One row's pass between chunks: the k best so far, the running maximum `max`, and the tail
-/// sum relative to it in f64 (the vector lanes are folded into it).
+/// One row's pass between chunks: the k best so far and the candidates since, the running
+/// maximum `max`, and the tail sum relative to it in f64 (the vector lanes are folded into it).
+///
+/// Candidates are not sorted in one at a time: they are appended to `pool` ([`rank_key`]) behind
+/// the k best, and every [`POOL_EXTRA`] of them the pool is cut back to its k best
+/// (`select_nth_unstable`), the rest joining the tail. The threshold then only rises at a cut,
+/// so a little more of the row passes it, but each candidate costs an append instead of a
+/// binary search and two shifts of the sorted k (on a random teacher's nearly flat logits a row
+/// of 32,000 has about 500 candidates; `topk/select_flat_cached_1t`).
 struct Pass<'a> {
-    best: Best<'a>,
+    ids: &'a mut [u32],
+    logprobs: &'a mut [f32],
+    pool: Vec<u64>,
+    /// The k-th value at the last cut: every later element at or below it is in the tail.
+    thr: f32,
     max: f32,
     tail: f64,
 }
 
 impl<'a> Pass<'a> {
-    /// The first k elements of the row, sorted into `ids` / `logprobs` (ties keep increasing
-    /// ids).
+    /// The first k elements of the row are the k best so far; the results go to `ids` and
+    /// `logprobs` (length k) at [`Pass::finish`].
     #[inline(always)]
     fn start(row: &[f32], ids: &'a mut [u32], logprobs: &'a mut [f32]) -> Result<Self, usize> {
         let k = ids.len();
         debug_assert!(k >= 1 && k <= row.len() && logprobs.len() == k);
+        let mut pool = Vec::with_capacity(k + POOL_EXTRA);
+        let (mut thr, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
         for (j, &x) in row[..k].iter().enumerate() {
             if !x.is_finite() {
                 return Err(j);
             }
-            let pos = logprobs[..j].partition_point(|&v| v >= x);
-            logprobs.copy_within(pos..j, pos + 1);
-            ids.copy_within(pos..j, pos + 1);
-            logprobs[pos] = x;
-            ids[pos] = j as u32;
+            pool.push(rank_key(x, j as u32));
+            thr = thr.min(x);
+            max = max.max(x);
         }
-        let max = logprobs[0];
         Ok(Self {
-            best: Best {
-                vals: logprobs,
-                ids,
-            },
+            ids,
+            logprobs,
+            pool,
+            thr,
             max,
             tail: 0.0,
         })
     }
 
-    /// The current k-th value: every later element at or below it is in the tail.
+    /// Every later element at or below this value is in the tail: k elements before it are
+    /// at least as large.
     #[inline(always)]
     fn threshold(&self) -> f32 {
-        self.best.vals[self.best.vals.len() - 1]
+        self.thr
     }
 
-    /// One candidate at `pos`: an element above the k-th value as it stood when the vector
+    /// One candidate at `pos`: an element above the threshold as it stood when the vector
     /// loop ran over its chunk, or a non-finite one (an error). The vector loop left it out of
     /// its sums, and its lanes must be folded into `tail` before the chunk's candidates are
     /// taken (they are relative to `max`, which may change here).
@@ -250,21 +275,49 @@ impl<'a> Pass<'a> {
         if !x.is_finite() {
             return Err(NonFinite);
         }
-        if x > self.threshold() {
-            if x > self.max {
-                self.tail *= ((self.max - x) as f64).exp();
-                self.max = x;
-            }
-            let out = self.best.push(x, pos as u32);
-            self.tail += ((out - self.max) as f64).exp();
-        } else {
-            self.tail += ((x - self.max) as f64).exp();
+        if x <= self.thr {
+            // The threshold rose at a cut earlier in this chunk.
+            self.tail += exp_le0::<false>(x - self.max) as f64;
+            return Ok(());
+        }
+        if x > self.max {
+            self.tail *= ((self.max - x) as f64).exp();
+            self.max = x;
+        }
+        self.pool.push(rank_key(x, pos as u32));
+        if self.pool.len() == self.ids.len() + POOL_EXTRA {
+            self.compact();
         }
         Ok(())
     }
 
-    /// Every candidate of `chunk` (at `start` in the row): the elements above `thr` (the k-th
-    /// value when the vector loop ran over the chunk) or NaN, in order.
+    /// Cut the pool back to its k best; the rest joins the tail, and the k-th value becomes the
+    /// threshold.
+    #[cold]
+    fn compact(&mut self) {
+        let k = self.ids.len();
+        self.pool.select_nth_unstable(k - 1);
+        let max = self.max;
+        // The vector loop's exp (relative error below 3e-7), not libm's, summed in 8 f32 lanes
+        // as the vector loop sums: most of the candidates end here, and one f64 add per term
+        // was a dependency chain.
+        let mut lanes = [0f32; 8];
+        let mut it = self.pool[k..].chunks_exact(8);
+        for c in &mut it {
+            for l in 0..8 {
+                lanes[l] += exp_le0::<false>(from_rank_key(c[l]).0 - max);
+            }
+        }
+        for &key in it.remainder() {
+            lanes[0] += exp_le0::<false>(from_rank_key(key).0 - max);
+        }
+        self.tail += lanes.iter().map(|&v| v as f64).sum::<f64>();
+        self.pool.truncate(k);
+        self.thr = from_rank_key(self.pool[k - 1]).0;
+    }
+
+    /// Every candidate of `chunk` (at `start` in the row): the elements above `thr` (the
+    /// threshold when the vector loop ran over the chunk) or NaN, in order.
     #[inline]
     fn candidates(&mut self, chunk: &[f32], start: usize, thr: f32) -> Result<(), NonFinite> {
         for (off, &x) in chunk.iter().enumerate() {
@@ -275,20 +328,54 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Normalize: log-probs of the k best in place, and the tail log-mass. `bad` is set when
-    /// the vector loop saw a non-finite logit it did not report (−∞ in its minimum, NaN in its
-    /// sums).
+    /// The elements of a chunk after its last full vector, in an intrinsics kernel (compiled
+    /// with FMA): those at or below `thr` join the tail (relative to `max`, the maximum the
+    /// chunk's vector loop used). Returns whether any other is left for [`Pass::candidates`],
+    /// and the elements' minimum (for −∞).
     #[inline(always)]
-    fn finish(self, row: &[f32], bad: bool) -> Result<f32, usize> {
+    fn remainder(&mut self, rest: &[f32], thr: f32, max: f32) -> (bool, f32) {
+        let mut any = false;
+        for &x in rest {
+            if x <= thr {
+                self.tail += exp_le0::<true>(x - max) as f64;
+            } else {
+                any = true;
+            }
+        }
+        (any, rest.iter().fold(f32::INFINITY, |m, &x| m.min(x)))
+    }
+
+    /// The factor that takes vector lanes summed relative to `old_max` to the current maximum,
+    /// if the chunk's candidates raised it.
+    #[inline(always)]
+    fn rescale_from(&self, old_max: f32) -> Option<f32> {
+        (self.max != old_max).then(|| ((old_max - self.max) as f64).exp() as f32)
+    }
+
+    /// Normalize: the k best sorted into `ids` / `logprobs` as log-probs, and the tail
+    /// log-mass. `bad` is set when the vector loop saw a non-finite logit it did not report
+    /// (−∞ in its minimum, NaN in its sums).
+    #[inline(always)]
+    fn finish(mut self, row: &[f32], bad: bool) -> Result<f32, usize> {
+        let k = self.ids.len();
+        if self.pool.len() > k {
+            self.compact();
+        }
         let Pass {
-            best: Best { vals, ids },
+            ids,
+            logprobs: vals,
+            mut pool,
             max,
             mut tail,
+            ..
         } = self;
         if bad || tail.is_nan() {
             return Err(first_non_finite(row));
         }
-        let k = ids.len();
+        pool.sort_unstable();
+        for ((v, id), &key) in vals.iter_mut().zip(ids.iter_mut()).zip(&pool) {
+            (*v, *id) = from_rank_key(key);
+        }
         // Each element the vector loop dropped was below e^-87 = 1.7e-38: they can only matter
         // (relative error above 1e-6) if the whole tail is that small.
         if tail < row.len() as f64 * 1.7e-32 && row.len() > k {
@@ -307,14 +394,9 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// The portable row kernel (AVX2 + FMA, or baseline): plain loops over [`LANES`] lanes that the
-/// compiler vectorizes.
-#[inline(always)]
-fn topk_row_impl<const FMA: bool>(
-    row: &[f32],
-    ids: &mut [u32],
-    logprobs: &mut [f32],
-) -> Result<f32, usize> {
+/// The portable row kernel (baseline x86-64 and other targets): plain loops over [`LANES`]
+/// lanes that the compiler vectorizes.
+fn topk_row_impl(row: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> Result<f32, usize> {
     let k = ids.len();
     let mut pass = Pass::start(row, ids, logprobs)?;
     // Tail sums relative to `pass.max` not yet folded into `pass.tail`.
@@ -340,7 +422,7 @@ fn topk_row_impl<const FMA: bool>(
         for c in &mut it {
             for l in 0..LANES {
                 let x = c[l];
-                let e = exp_le0::<FMA>(x - max);
+                let e = exp_le0::<false>(x - max);
                 lanes[l] += if x > thr { 0.0 } else { e };
                 low[l] = if x < low[l] { x } else { low[l] };
                 top[l] = if x > top[l] { x } else { top[l] };
@@ -352,7 +434,7 @@ fn topk_row_impl<const FMA: bool>(
             lanes[0] += if x > thr {
                 0.0
             } else {
-                exp_le0::<FMA>(x - max)
+                exp_le0::<false>(x - max)
             };
         }
         pending += 1;
@@ -424,22 +506,17 @@ unsafe fn topk_row_avx512(
             }
             low = _mm512_min_ps(low, _mm512_min_ps(x[0], x[1]));
         }
-        let rest = it.remainder();
-        for &x in rest {
-            if x <= thr {
-                pass.tail += exp_le0::<true>(x - max) as f64;
-            } else {
-                any = 1;
-            }
-        }
-        let rest_low = rest.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+        let (rest_any, rest_low) = pass.remainder(it.remainder(), thr, max);
         low = _mm512_min_ps(low, _mm512_set1_ps(rest_low));
         pending += 1;
-        if any != 0 {
-            fold(&mut acc, &mut pass.tail);
-            pending = 0;
+        if any != 0 || rest_any {
             avx512::candidates(&mut pass, chunk, start, thr).map_err(|_| first_non_finite(row))?;
-        } else if pending == FOLD {
+            if let Some(scale) = pass.rescale_from(max) {
+                let scale = _mm512_set1_ps(scale);
+                acc = [_mm512_mul_ps(acc[0], scale), _mm512_mul_ps(acc[1], scale)];
+            }
+        }
+        if pending == FOLD {
             fold(&mut acc, &mut pass.tail);
             pending = 0;
         }
@@ -448,6 +525,157 @@ unsafe fn topk_row_avx512(
     fold(&mut acc, &mut pass.tail);
     let neg_inf = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(low, _mm512_set1_ps(f32::NEG_INFINITY)) != 0;
     pass.finish(row, neg_inf)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{first_non_finite, prefetch, NonFinite, Pass, CHUNK, FOLD};
+    use std::arch::x86_64::*;
+
+    /// The AVX2 row kernel: the pass of [`super::topk_row_impl`] written with intrinsics, 16
+    /// logits (two registers) per step. The portable loop, compiled for AVX2, kept 32 lanes of
+    /// sums, minima and maxima and spilled them to the stack at every step; here there are two
+    /// sums, one minimum and one mask (`keep`: every lane at or below the threshold), and
+    /// the polynomial [`super::exp_le0`] of the portable kernel. A chunk with candidates takes
+    /// them by mask bits ([`candidates`]); its sums stay in their lanes, rescaled in the rare
+    /// case a candidate is a new maximum, instead of being folded into the f64 total every time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn topk_row(
+        row: &[f32],
+        ids: &mut [u32],
+        logprobs: &mut [f32],
+    ) -> Result<f32, usize> {
+        let k = ids.len();
+        let mut pass = Pass::start(row, ids, logprobs)?;
+        let mut acc = [_mm256_setzero_ps(); 2];
+        // −∞ shows up as the minimum; NaN and +∞ are candidates.
+        let mut low = _mm256_set1_ps(f32::INFINITY);
+        let mut pending = 0usize;
+        let fold = |acc: &mut [__m256; 2], tail: &mut f64| {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1])) };
+            *tail += lanes.iter().map(|&v| v as f64).sum::<f64>();
+            *acc = [_mm256_setzero_ps(); 2];
+        };
+
+        let mut start = k;
+        while start < row.len() {
+            let end = (start + CHUNK).min(row.len());
+            let chunk = &row[start..end];
+            let (thr, max) = (pass.threshold(), pass.max);
+            prefetch(row, end + super::PREFETCH_AHEAD, CHUNK);
+            let (vthr, vmax) = (_mm256_set1_ps(thr), _mm256_set1_ps(max));
+            // All ones while every lane so far is at or below the threshold (not NaN).
+            let mut keep = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+            let mut it = chunk.chunks_exact(16);
+            for c in &mut it {
+                // SAFETY: `c` holds 16 floats.
+                let x = unsafe {
+                    [
+                        _mm256_loadu_ps(c.as_ptr()),
+                        _mm256_loadu_ps(c.as_ptr().add(8)),
+                    ]
+                };
+                for h in 0..2 {
+                    let e = exp8(_mm256_sub_ps(x[h], vmax));
+                    let le = _mm256_cmp_ps::<_CMP_LE_OQ>(x[h], vthr);
+                    acc[h] = _mm256_add_ps(acc[h], _mm256_and_ps(le, e));
+                    keep = _mm256_and_ps(keep, le);
+                }
+                low = _mm256_min_ps(low, _mm256_min_ps(x[0], x[1]));
+            }
+            let (rest_any, rest_low) = pass.remainder(it.remainder(), thr, max);
+            low = _mm256_min_ps(low, _mm256_set1_ps(rest_low));
+            pending += 1;
+            if _mm256_movemask_ps(keep) != 0xFF || rest_any {
+                candidates(&mut pass, chunk, start, thr).map_err(|_| first_non_finite(row))?;
+                if let Some(scale) = pass.rescale_from(max) {
+                    let scale = _mm256_set1_ps(scale);
+                    acc = [_mm256_mul_ps(acc[0], scale), _mm256_mul_ps(acc[1], scale)];
+                }
+            }
+            if pending == FOLD {
+                fold(&mut acc, &mut pass.tail);
+                pending = 0;
+            }
+            start = end;
+        }
+        fold(&mut acc, &mut pass.tail);
+        let neg_inf = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+            low,
+            _mm256_set1_ps(f32::NEG_INFINITY),
+        )) != 0;
+        pass.finish(row, neg_inf)
+    }
+
+    /// [`super::exp_le0`] on 8 lanes (NaN stays NaN): the same Cody–Waite reduction and
+    /// polynomial, so the same relative error (below 3e-7).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(d: __m256) -> __m256 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        const ROUND: f32 = 12_582_912.0;
+        // max(floor, d): the second operand (d) when it is NaN.
+        let x = _mm256_max_ps(_mm256_set1_ps(super::EXP_FLOOR), d);
+        let t = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUND));
+        let n = _mm256_sub_ps(t, _mm256_set1_ps(ROUND));
+        let r = _mm256_fnmadd_ps(
+            n,
+            _mm256_set1_ps(LN2_LO),
+            _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x),
+        );
+        let mut p = _mm256_set1_ps(8.343_355e-3);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.192_340_4e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_681_5e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.999_890_3e-1));
+        let e = _mm256_add_ps(
+            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+            _mm256_set1_ps(1.0),
+        );
+        // 2^n from the bits of t = ROUND + n (n in [-126, 0]).
+        let scale = _mm256_slli_epi32::<23>(_mm256_sub_epi32(
+            _mm256_castps_si256(t),
+            _mm256_set1_epi32(0x4B3F_FF81),
+        ));
+        _mm256_mul_ps(e, _mm256_castsi256_ps(scale))
+    }
+
+    /// [`Pass::candidates`] of one chunk on AVX2, visiting only the candidates: two mask
+    /// compares per 16 logits and their set bits (as [`super::avx512::candidates`]).
+    #[target_feature(enable = "avx2")]
+    fn candidates(
+        pass: &mut Pass<'_>,
+        chunk: &[f32],
+        start: usize,
+        thr: f32,
+    ) -> Result<(), NonFinite> {
+        let vthr = _mm256_set1_ps(thr);
+        let mut it = chunk.chunks_exact(16);
+        let mut base = start;
+        for c in &mut it {
+            // SAFETY: `c` holds 16 floats.
+            let (x0, x1) = unsafe {
+                (
+                    _mm256_loadu_ps(c.as_ptr()),
+                    _mm256_loadu_ps(c.as_ptr().add(8)),
+                )
+            };
+            // Not x ≤ thr: above the threshold, or NaN.
+            let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(x0, vthr)) as u32;
+            let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(x1, vthr)) as u32;
+            let mut m = m0 | (m1 << 8);
+            while m != 0 {
+                let l = m.trailing_zeros() as usize;
+                m &= m - 1;
+                pass.candidate(c[l], base + l)?;
+            }
+            base += 16;
+        }
+        pass.candidates(it.remainder(), base, thr)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -759,8 +987,7 @@ mod tests {
 
     /// Every row kernel this CPU can run, by name.
     fn kernels() -> Vec<(&'static str, Kernel)> {
-        let mut all: Vec<(&'static str, Kernel)> =
-            vec![("portable", |r, i, l| topk_row_impl::<false>(r, i, l))];
+        let mut all: Vec<(&'static str, Kernel)> = vec![("portable", topk_row_impl)];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -807,6 +1034,66 @@ mod tests {
             }
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             assert_eq!(row_max(row), max);
+        }
+    }
+
+    #[test]
+    fn rank_keys_order_like_the_selection_and_round_trip() {
+        let vals = [
+            -1e30f32, -3.5, -1.0, -1e-40, -0.0, 0.0, 1e-40, 0.25, 1.0, 7.5, 3e38,
+        ];
+        let mut pairs: Vec<(f32, u32)> = Vec::new();
+        for (i, &v) in vals.iter().enumerate() {
+            for id in [0u32, 5, u32::MAX] {
+                pairs.push((v, id ^ i as u32));
+            }
+        }
+        for a in &pairs {
+            assert_eq!(from_rank_key(rank_key(a.0, a.1)), *a);
+            assert_eq!(from_rank_key(rank_key(a.0, a.1)).0.to_bits(), a.0.to_bits());
+            for b in &pairs {
+                let by_rank = b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+                assert_eq!(
+                    rank_key(a.0, a.1).cmp(&rank_key(b.0, b.1)),
+                    by_rank,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+    }
+
+    /// Rows whose candidates overflow the pool many times: flat Gaussian logits (a random
+    /// teacher's), a rising row (every element a candidate and a new maximum) and ties that
+    /// straddle a cut (the smaller id must win).
+    #[test]
+    fn every_kernel_equals_the_full_sort_when_the_pool_is_cut_many_times() {
+        let mut normal = crate::testing::Normal::new(21);
+        let flat: Vec<f32> = (0..32_000).map(|_| normal.sample()).collect();
+        let rising: Vec<f32> = (0..5_000).map(|i| i as f32 * 1e-3).collect();
+        // Values on a grid of 16 levels: each level holds ~190 equal logits.
+        let ties: Vec<f32> = (0..3_000)
+            .map(|i| ((i * 7919) % 16) as f32 * 0.25)
+            .collect();
+        for (what, row) in [("flat", &flat), ("rising", &rising), ("ties", &ties)] {
+            for k in [1, 50, 200] {
+                let (rid, rlp, rtail) = topk_row_by_sort(row, k);
+                for (name, kernel) in kernels() {
+                    let (mut ids, mut lp) = (vec![0u32; k], vec![0f32; k]);
+                    let tail = kernel(row, &mut ids, &mut lp).unwrap();
+                    assert_eq!(ids, rid, "{name}, {what}, k = {k}: ids");
+                    for (j, (a, b)) in lp.iter().zip(&rlp).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 2e-6 * b.abs().max(1.0),
+                            "{name}, {what}, k = {k}: logprob {j}: {a} vs {b}"
+                        );
+                    }
+                    let rel = ((tail - rtail) as f64).exp() - 1.0;
+                    assert!(
+                        rel.abs() < 1e-5,
+                        "{name}, {what}, k = {k}: tail mass relative error {rel:e}"
+                    );
+                }
+            }
         }
     }
 
