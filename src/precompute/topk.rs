@@ -268,8 +268,8 @@ impl<'a> Pass<'a> {
 
     /// One candidate at `pos`: an element above the threshold as it stood when the vector
     /// loop ran over its chunk, or a non-finite one (an error). The vector loop left it out of
-    /// its sums, and its lanes must be folded into `tail` before the chunk's candidates are
-    /// taken (they are relative to `max`, which may change here).
+    /// its sums; `tail` is rescaled here on a new maximum, the kernel's unfolded lanes after the
+    /// chunk's candidates ([`Pass::rescale_from`]).
     #[inline]
     fn candidate(&mut self, x: f32, pos: usize) -> Result<(), NonFinite> {
         if !x.is_finite() {
@@ -439,12 +439,13 @@ fn topk_row_impl(row: &[f32], ids: &mut [u32], logprobs: &mut [f32]) -> Result<f
         }
         pending += 1;
         if top.iter().any(|&v| v > thr) {
-            // Rare: candidates.
-            fold(&mut lanes, &mut pass.tail);
-            pending = 0;
             pass.candidates(chunk, start, thr)
                 .map_err(|_| first_non_finite(row))?;
-        } else if pending == FOLD {
+            if let Some(scale) = pass.rescale_from(max) {
+                lanes.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        if pending == FOLD {
             fold(&mut lanes, &mut pass.tail);
             pending = 0;
         }
