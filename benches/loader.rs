@@ -12,10 +12,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use taidcache::cache::manifest::Manifest;
 use taidcache::cache::reader::ShardReader;
-use taidcache::cache::writer::{
-    default_row_group_rows, write_shard_atomic, ShardBatch, WriteOptions,
-};
-use taidcache::distill::loader::{split_units, Cursor, Loader, LoaderOptions};
+use taidcache::cache::writer::{default_row_group_rows, write_shard_atomic, WriteOptions};
+use taidcache::cache::ShardBatch;
+use taidcache::distill::loader::{Cursor, Loader, LoaderOptions};
 use taidcache::testing::llm_like_batch;
 
 const SEQ_LEN: usize = 1024;
@@ -69,7 +68,8 @@ fn bench(c: &mut Criterion) {
     let dir = bench_dir();
     let m = cache(&dir);
     let tokens = (SHARDS * ROWS * SEQ_LEN) as u64;
-    let (units, _) = split_units(&dir, &m, 0.0).unwrap();
+    let cache_handle = taidcache::cache::Cache::new(&dir, m.clone()).unwrap();
+    let (units, _) = cache_handle.units(0.0).unwrap();
     let mut group = c.benchmark_group("loader");
     group.sample_size(10);
     group.throughput(Throughput::Elements(tokens));
@@ -99,7 +99,8 @@ fn bench(c: &mut Criterion) {
                     opts.threads = threads;
                     opts.repeat = false;
                     opts.verify = false;
-                    let mut l = Loader::new(&dir, &m, &units, opts, Cursor::default()).unwrap();
+                    let mut l =
+                        Loader::new(&cache_handle, &units, opts, Cursor::default()).unwrap();
                     while let Some(batch) = l.next_batch() {
                         l.recycle(batch.unwrap().data);
                     }

@@ -19,7 +19,7 @@
 //! `memory.distill_peak_rss_{1,4}gb_mb`. Sampled every 10 ms from `/proc/PID/status` (and every
 //! 200 ms from `/proc/PID/smaps`): the peaks of its anonymous and file-backed parts and of the
 //! shards' memory maps alone. Also: the shards the run's batches came from, the allocations of
-//! `split_units` and of one open `ShardReader` per shard (22 KB each), and the shard maps
+//! `Cache::units` and of one open `ShardReader` per shard (22 KB each), and the shard maps
 //! resident in this process during one whole shuffled loader epoch over the 1 GB cache
 //! (`memory.loader_epoch_shard_rss_1gb_mb`: this is what grows with the cache when shards stay
 //! mapped for the run).
@@ -45,9 +45,10 @@ use std::time::Instant;
 use memory_support::*;
 use taidcache::cache::manifest::Manifest;
 use taidcache::cache::reader::ShardReader;
-use taidcache::cache::writer::{write_shard_atomic, ShardBatch, WriteOptions};
+use taidcache::cache::writer::{write_shard_atomic, WriteOptions};
+use taidcache::cache::ShardBatch;
 use taidcache::cache::{schema, shard_rel_path, MANIFEST_FILE};
-use taidcache::distill::loader::{split_units, Cursor, Loader, LoaderOptions};
+use taidcache::distill::loader::{Cursor, Loader, LoaderOptions};
 use taidcache::distill::objectives::Objective;
 use taidcache::distill::targets::TailMode;
 use taidcache::model::Architecture;
@@ -277,10 +278,11 @@ fn build_caches(root: &Path, big: &Path, small: &Path) {
 /// same seed and batch size, without the hash check).
 fn shards_touched(cache: &Path) -> Vec<u64> {
     let m = Manifest::load(&cache.join(MANIFEST_FILE)).unwrap();
-    let (units, _) = split_units(cache, &m, 0.0).unwrap();
+    let cache_handle = taidcache::cache::Cache::new(cache, m.clone()).unwrap();
+    let (units, _) = cache_handle.units(0.0).unwrap();
     let mut opts = LoaderOptions::train(BATCH, 0);
     opts.verify = false;
-    let mut l = Loader::new(cache, &m, &units, opts, Cursor::default()).unwrap();
+    let mut l = Loader::new(&cache_handle, &units, opts, Cursor::default()).unwrap();
     let mut shards = std::collections::BTreeSet::new();
     for _ in 0..STEPS {
         let b = l.next_batch().unwrap().unwrap();
@@ -290,14 +292,15 @@ fn shards_touched(cache: &Path) -> Vec<u64> {
     shards.into_iter().collect()
 }
 
-/// Per-cache allocations: the units of `split_units` (kept by the loader for the run), and one
+/// Per-cache allocations: the units of `Cache::units` (kept by the loader for the run), and one
 /// open `ShardReader` (memory map + parsed footer) per shard, which is what a loader that keeps
 /// every shard open would hold (the distill loader opens a shard per unit it decodes).
 /// Returns (units bytes, readers bytes).
 fn loader_metadata_bytes(cache: &Path) -> (usize, usize) {
     let m = Manifest::load(&cache.join(MANIFEST_FILE)).unwrap();
+    let cache_handle = taidcache::cache::Cache::new(cache, m.clone()).unwrap();
     let before = allocated();
-    let (units, _) = split_units(cache, &m, 0.0).unwrap();
+    let (units, _) = cache_handle.units(0.0).unwrap();
     let units_bytes = allocated() - before;
     let before = allocated();
     let readers: Vec<ShardReader> = m
@@ -493,12 +496,13 @@ mod child {
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn epoch_shard_rss(cache: &Path) -> (u64, u64, f64) {
     let m = Manifest::load(&cache.join(MANIFEST_FILE)).unwrap();
-    let (units, _) = split_units(cache, &m, 0.0).unwrap();
+    let cache_handle = taidcache::cache::Cache::new(cache, m.clone()).unwrap();
+    let (units, _) = cache_handle.units(0.0).unwrap();
     let mut opts = LoaderOptions::train(BATCH, 0);
     opts.verify = false;
     opts.repeat = false;
     let t0 = Instant::now();
-    let mut l = Loader::new(cache, &m, &units, opts, Cursor::default()).unwrap();
+    let mut l = Loader::new(&cache_handle, &units, opts, Cursor::default()).unwrap();
     let shard_rss = || child::shard_rss_kib(&std::fs::read_to_string("/proc/self/smaps").unwrap());
     let (mut peak, mut batches) = (0, 0u64);
     // The maps belong to the loader's thread, which drops them when the epoch ends: sample
@@ -563,7 +567,7 @@ fn rss() {
             "rss {gb} GB: {} shards, {bytes} bytes; distill {STEPS} steps × {BATCH} × {SEQ_LEN} in {secs:.1} s: \
              peak RSS {:.1} MB (sampled: anon {:.1} MB, file-backed {:.1} MB of which shard maps {:.1} MB); \
              rows from {} shards: {:?}; \
-             split_units {units_bytes} B, every shard's ShardReader open {readers_bytes} B",
+             Cache::units {units_bytes} B, every shard's ShardReader open {readers_bytes} B",
             m.shards.len(),
             p.maxrss as f64 * 1024.0 / MB,
             p.anon as f64 * 1024.0 / MB,

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The source of an error from another library, kept for [`Error::chain`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,17 +81,55 @@ pub enum Error {
     #[error("the corpus ({files}) holds no documents: {detail}")]
     EmptyCorpus { files: String, detail: String },
 
-    /// A tokenizer that cannot be loaded or used.
+    /// A tokenizer that cannot be loaded or used; `source` is the `tokenizers` error, when
+    /// there is one (its text is already in `msg`).
     #[error("{path}: {msg}", path = .path.display())]
-    Tokenizer { path: PathBuf, msg: String },
+    Tokenizer {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
-    /// A Parquet or Arrow failure on a named file.
+    /// A Parquet or Arrow failure on a named file; `source` is the parquet/arrow error, when
+    /// there is one (its text is already in `msg`).
     #[error("{path}: {msg}", path = .path.display())]
-    Parquet { path: PathBuf, msg: String },
+    Parquet {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
-    /// A cache that does not fit the request (other teacher, other format version, ...).
+    /// A cache that does not fit the request (other teacher, other format version, a shard that
+    /// disagrees with its manifest, ...).
     #[error("{path}: {msg}", path = .path.display())]
     Cache { path: PathBuf, msg: String },
+
+    /// A model directory's files (config, safetensors) are unreadable or inconsistent.
+    #[error("{path}: {msg}", path = .path.display())]
+    Model { path: PathBuf, msg: String },
+
+    /// A model produced values training or caching cannot use (non-finite logits); `path` is
+    /// the model directory or file.
+    #[error("{path}: {msg}", path = .path.display())]
+    ModelOutput { path: PathBuf, msg: String },
+
+    /// A checkpoint of a distill run (optimizer state, trainer state) is unreadable or
+    /// inconsistent.
+    #[error("{path}: {msg}", path = .path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+
+    /// Training diverged: the loss of optimizer step `step` is not finite.
+    #[error("step {step}: the loss is not finite ({loss}); lower --lr or check the data; {}", match .last_checkpoint {
+        Some(p) => format!("the last good checkpoint is {}", p.display()),
+        None => "no checkpoint was written yet".to_string(),
+    })]
+    Diverged {
+        step: u64,
+        loss: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
 
     /// `verify` found a bad shard; `row` is the row inside that shard.
     #[error("{path}: row {row}: {msg}", path = .path.display())]
@@ -150,11 +191,70 @@ impl Error {
         }
     }
 
+    /// A Parquet/Arrow failure on `path` without a library error behind it.
     pub fn parquet(path: impl AsRef<Path>, msg: impl std::fmt::Display) -> Self {
         Error::Parquet {
             path: path.as_ref().to_path_buf(),
             msg: msg.to_string(),
+            source: None,
         }
+    }
+
+    /// A Parquet/Arrow failure on `path` while doing `context` (e.g. `row group 3`), keeping
+    /// the library's error as the source.
+    pub fn parquet_source(
+        path: impl AsRef<Path>,
+        context: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Parquet {
+            path: path.as_ref().to_path_buf(),
+            msg: format!("{context}: {source}"),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A tokenizer failure on `path`, keeping the `tokenizers` error as the source when given.
+    pub fn tokenizer(
+        path: impl AsRef<Path>,
+        msg: impl Into<String>,
+        source: Option<BoxError>,
+    ) -> Self {
+        Error::Tokenizer {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+            source,
+        }
+    }
+
+    pub fn model(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Model {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn checkpoint(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    /// The message and every source below it whose text the message does not already hold,
+    /// one per line: what `main` prints.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let line = s.to_string();
+            if !text.contains(&line) {
+                text.push_str("\n  caused by: ");
+                text.push_str(&line);
+            }
+            source = s.source();
+        }
+        text
     }
 
     pub fn cache(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {

@@ -9,8 +9,11 @@
 //! - [`precompute`]: corpus → teacher → top-k → cache, pipelined.
 //! - [`distill`]: cache → student with sparse TAID (loader, targets, objectives, schedules, AdamW).
 //! - [`plot`]: loss, t and eval KL curves of distill runs as SVG/PNG.
-//! - [`demo`]: the end-to-end demo on a generated corpus.
+//! - [`demo`]: the end-to-end demo on a generated corpus, through the stages' typed options.
 //! - [`inspect`]: summaries and integrity checks of a cache.
+//! - [`config`]: pipeline files (TOML) merged with the flags; [`cli`]: the command line.
+//!
+//! `docs/architecture.md` draws the data flow and says where each kind of change goes.
 
 pub mod cache;
 pub mod cli;
@@ -24,6 +27,7 @@ pub mod inspect;
 pub mod model;
 pub mod plot;
 pub mod precompute;
+#[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testing;
 
@@ -34,10 +38,9 @@ pub use error::{Error, Result};
 ///
 /// candle 0.11 splits element-wise ops over a pool whose caller spin-waits for the workers.
 /// taidcache runs its own rayon work (loss, top-k) and loader threads beside candle, so a
-/// worker is often descheduled while the caller spins on the other core. Measured on this
-/// project's 2-core machine (`docs/performance.md`): a demo-student distill step 3.4× faster
-/// while another process was busy (8,125 vs 2,350 tokens/s) and 7% faster on an idle machine;
-/// the precompute bench's teacher forward 9% faster. Call before any thread or tensor exists.
+/// worker is often descheduled while the caller spins on the other core; a distill step and
+/// the teacher forward are faster on one thread (figures in `docs/performance.md`). Call
+/// before any thread or tensor exists.
 pub fn single_threaded_candle_ops() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Edition 2021: `set_var` is safe; no other thread exists yet when `main` calls this.
@@ -50,10 +53,8 @@ pub fn single_threaded_candle_ops() {
 ///
 /// candle allocates a fresh buffer for every tensor op; with glibc's defaults the large ones are
 /// mmapped and unmapped each time, so every training step faults in and zeroes the same pages
-/// again (23% of a demo-student distill step was in the kernel, mostly `clear_page`). Measured
-/// with the equivalent `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` variables on this
-/// project's 2-core machine: 7,313–8,087 vs 5,831–7,015 tokens/s over three runs each, for
-/// 15–20 MB more peak RSS. A no-op on other platforms.
+/// again (the profile and the tokens/s with and without are in `docs/performance.md`). A no-op
+/// on other platforms.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.

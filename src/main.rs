@@ -1,20 +1,52 @@
-//! The `taidcache` binary: parse, dispatch, report the error.
+//! The `taidcache` binary: parse, resolve against `--config`, dispatch, report the error.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::CommandFactory;
+use taidcache::cli::Cli;
 
 fn main() -> ExitCode {
     // Before any thread or tensor exists: see `single_threaded_candle_ops`.
     taidcache::single_threaded_candle_ops();
     taidcache::keep_freed_memory();
-    let cli = taidcache::cli::Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     let mut stdout = std::io::stdout().lock();
-    match taidcache::cli::run(cli, &mut stdout) {
+    match Cli::resolve(&matches).and_then(|cli| taidcache::cli::run(cli, &mut stdout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.chain());
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command-line error as one sentence: clap's message with its hints (possible values, a
+/// similar flag) on the same line, without the usage and `--help` lines.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
+use crate::distill::metrics::{self, METRICS_FILE};
 use crate::error::{Error, Result};
 
 /// One run's curves, read from `RUN/metrics.jsonl`.
@@ -22,17 +23,13 @@ pub struct RunCurves {
 
 /// Read a run directory's metrics; the label is the directory's name.
 pub fn read_run(run: &Path) -> Result<RunCurves> {
-    let path = run.join("metrics.jsonl");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::flag(
-                "RUN",
-                format!("{} is not a distill run (no metrics.jsonl)", run.display()),
-            ))
-        }
-        Err(e) => return Err(Error::io(&path, e)),
-    };
+    let path = run.join(METRICS_FILE);
+    if !path.exists() {
+        return Err(Error::flag(
+            "RUN",
+            format!("{} is not a distill run (no {METRICS_FILE})", run.display()),
+        ));
+    }
     let mut c = RunCurves {
         label: run.file_name().map_or_else(
             || run.display().to_string(),
@@ -40,33 +37,19 @@ pub fn read_run(run: &Path) -> Result<RunCurves> {
         ),
         ..Default::default()
     };
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::field(&path, format!("line {}", i + 1), e.to_string()))?;
-        let step = v["step"].as_f64().ok_or_else(|| {
-            Error::field(
-                &path,
-                format!("line {}: step", i + 1),
-                "missing or not a number",
-            )
-        })?;
-        if v["split"] == "eval" {
-            if let Some(kl) = v["kl_teacher"].as_f64() {
+    for line in metrics::read(&path)? {
+        let step = line.step as f64;
+        if line.is_eval() {
+            if let Some(kl) = line.kl_teacher {
                 c.eval_kl.push((step, kl));
             }
         } else {
-            if let Some(loss) = v["loss"].as_f64() {
+            if let Some(loss) = line.loss {
                 c.loss.push((step, loss));
             }
             // t only means something for TAID; other objectives log the schedule they ignore.
-            let taid = v["objective"]
-                .as_str()
-                .is_none_or(|o| o.starts_with("taid"));
-            if let (Some(t), true) = (v["t"].as_f64(), taid) {
+            let taid = line.objective.is_none_or(|o| o.is_taid());
+            if let (Some(t), true) = (line.t, taid) {
                 c.t.push((step, t));
             }
         }

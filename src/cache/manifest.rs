@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
-use super::{commit_tmp, tmp_path, WORKER_MANIFESTS_DIR};
+use super::encoding::Encoding;
+use super::layout::{commit_tmp, tmp_path};
 use crate::error::{Error, IoContext, Result};
 
 /// The manifest of a cache (`CACHE/manifest.json`) or of one worker's share of it
@@ -132,16 +133,8 @@ impl Manifest {
         // with whatever field it renamed.
         let value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
         match value.get("format_version").and_then(|v| v.as_u64()) {
-            Some(v) if super::Encoding::from_format_version(v).is_some() => {}
             Some(v) => {
-                return Err(Error::cache(
-                    path,
-                    format!(
-                        "cache format version {v}, this taidcache reads {} \
-                         (re-create the cache, or use a taidcache that reads version {v})",
-                        super::readable_versions()
-                    ),
-                ))
+                Encoding::of_format_version(v).map_err(|msg| Error::cache(path, msg))?;
             }
             None => {
                 return Err(Error::field(
@@ -343,24 +336,6 @@ pub(crate) struct IdentityDiff {
     pub theirs: String,
 }
 
-/// `CACHE/manifests/worker-00001-of-00003.json` (worker `index` is 0-based).
-pub fn worker_manifest_path(cache: &Path, index: usize, count: usize) -> PathBuf {
-    cache
-        .join(WORKER_MANIFESTS_DIR)
-        .join(format!("worker-{index:05}-of-{count:05}.json"))
-}
-
-/// Parse a worker manifest file name back into `(index, count)`.
-pub(crate) fn parse_worker_file_name(name: &str) -> Option<(usize, usize)> {
-    let rest = name.strip_prefix("worker-")?.strip_suffix(".json")?;
-    let (index, count) = rest.split_once("-of-")?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(index) || !digits(count) {
-        return None;
-    }
-    Some((index.parse().ok()?, count.parse().ok()?))
-}
-
 /// A shard path must be relative and stay inside the cache directory.
 fn check_relative(path: &str) -> std::result::Result<(), String> {
     fn refuse(path: &str, why: impl Display) -> std::result::Result<(), String> {
@@ -392,7 +367,9 @@ fn check_relative(path: &str) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::layout::{parse_worker_file_name, worker_manifest_path};
     use crate::cache::testutil::sample_manifest;
+    use std::path::PathBuf;
 
     #[test]
     fn manifest_json_round_trip_is_identity() {

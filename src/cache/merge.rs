@@ -7,10 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::manifest::{
-    parse_worker_file_name, worker_manifest_path, Manifest, ShardEntry, WorkerInfo,
+use super::layout::{
+    parse_worker_file_name, worker_manifest_path, MANIFEST_FILE, MERGE_LOCK_FILE,
+    WORKER_MANIFESTS_DIR,
 };
-use super::{MANIFEST_FILE, WORKER_MANIFESTS_DIR};
+use super::manifest::{Manifest, ShardEntry, WorkerInfo};
 use crate::error::{Error, IoContext, Result};
 
 /// Check the worker manifests of `cache` against each other and write the combined
@@ -35,17 +36,14 @@ pub fn merge(cache: &Path) -> Result<Manifest> {
     merge_unlocked(cache)
 }
 
-/// Lock file in the worker-manifest folder held for the length of a [`merge`].
-pub const MERGE_LOCK_FILE: &str = ".merge.lock";
-
 fn merge_unlocked(cache: &Path) -> Result<Manifest> {
     let dir = cache.join(WORKER_MANIFESTS_DIR);
     if !dir.exists() {
         // A single-process cache (or one whose workers were merged and cleaned up) is already
         // one manifest: nothing to do when it is complete.
-        let main = cache.join(super::MANIFEST_FILE);
+        let main = cache.join(MANIFEST_FILE);
         if main.exists() {
-            let m = super::manifest::Manifest::load(&main)?;
+            let m = Manifest::load(&main)?;
             if m.complete {
                 return Ok(m);
             }

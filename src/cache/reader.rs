@@ -26,9 +26,9 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 
+use super::batch::ShardBatch;
+use super::encoding::{Codec, Encoding, Values};
 use super::schema::{self, check_schema_for, top_k_of};
-use super::writer::{decode_steps, ShardBatch};
-use super::{levels, readable_versions, Encoding};
 use crate::error::{Error, IoContext, Result};
 
 /// An open, memory-mapped v1 shard. Cheap to share across threads (`&self` reads).
@@ -39,9 +39,8 @@ pub struct ShardReader {
     metadata: ArrowReaderMetadata,
     k: usize,
     seq_len: usize,
-    encoding: Encoding,
-    /// Quantization step of a v2 (steps) shard (nats); 0 otherwise.
-    logprob_step: f32,
+    /// The shard's encoding with its footer's parameters.
+    codec: Codec,
 }
 
 impl ShardReader {
@@ -54,45 +53,24 @@ impl ShardReader {
         let mmap = unsafe { memmap2::Mmap::map(&file) }.at(path)?;
         let data = Bytes::from_owner(mmap);
         let metadata = ArrowReaderMetadata::load(&data, ArrowReaderOptions::new())
-            .map_err(|e| Error::parquet(path, format!("not a readable Parquet file: {e}")))?;
+            .map_err(|e| Error::parquet_source(path, "not a readable Parquet file", e))?;
         let mut reader = ShardReader {
             path: path.to_path_buf(),
             data,
             metadata,
             k: 0,
             seq_len: 0,
-            encoding: Encoding::Plain,
-            logprob_step: 0.0,
+            codec: Codec::for_writing(Encoding::Plain),
         };
         let version = reader.required_number(schema::META_FORMAT_VERSION)?;
-        reader.encoding = Encoding::from_format_version(version as u64).ok_or_else(|| {
+        let encoding = Encoding::of_format_version(version as u64).map_err(|msg| {
             Error::cache(
                 path,
-                format!(
-                    "shard format version {version}, this taidcache reads {}",
-                    readable_versions()
-                ),
+                msg.replacen("cache format version", "shard format version", 1),
             )
         })?;
-        if reader.encoding == Encoding::Compact {
-            let key = schema::META_LOGPROB_LEVELS;
-            let value = reader.key_value(key).unwrap_or_default();
-            levels::check_footer_value(&value)
-                .map_err(|msg| Error::cache(path, format!("footer metadata `{key}` {msg}")))?;
-        }
-        if reader.encoding == Encoding::Steps {
-            let key = schema::META_LOGPROB_STEP;
-            let value = reader.key_value(key).unwrap_or_default();
-            reader.logprob_step = match value.parse::<f32>() {
-                Ok(step) if step.is_finite() && step > 0.0 => step,
-                _ => {
-                    return Err(Error::cache(
-                        path,
-                        format!("footer metadata `{key}` = {value:?} is not a positive number"),
-                    ))
-                }
-            };
-        }
+        reader.codec = Codec::from_footer(encoding, |key| reader.key_value(key))
+            .map_err(|msg| Error::cache(path, msg))?;
         reader.k = reader.required_number(schema::META_TOP_K)?;
         reader.seq_len = reader.required_number(schema::META_SEQ_LEN)?;
         let arrow = reader.metadata.schema().clone();
@@ -108,7 +86,7 @@ impl ShardReader {
                 ));
             }
         }
-        check_schema_for(&arrow, reader.k, reader.encoding)
+        check_schema_for(&arrow, reader.k, encoding)
             .map_err(|msg| Error::cache(path, format!("not a v{version} shard: {msg}")))?;
         Ok(reader)
     }
@@ -166,7 +144,12 @@ impl ShardReader {
 
     /// Plain (format v1), steps (v2) or compact (v3), from the footer.
     pub fn encoding(&self) -> Encoding {
-        self.encoding
+        self.codec.encoding()
+    }
+
+    /// The shard's encoding with its footer's parameters.
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     /// Decode row group `i` as one [`RecordBatch`] holding `columns` in file order (all
@@ -192,7 +175,7 @@ impl ShardReader {
                         &self.path,
                         format!(
                             "no column `{name}` (columns: {})",
-                            schema::columns(self.encoding).join(", ")
+                            schema::columns(self.encoding()).join(", ")
                         ),
                     )
                 })?;
@@ -202,7 +185,7 @@ impl ShardReader {
         };
         let rows = self.row_group_rows(i);
         let pq = |e: parquet::errors::ParquetError| {
-            Error::parquet(&self.path, format!("row group {i}: {e}"))
+            Error::parquet_source(&self.path, format!("row group {i}"), e)
         };
         let mut batches = ParquetRecordBatchReaderBuilder::new_with_metadata(
             self.data.clone(),
@@ -214,7 +197,9 @@ impl ShardReader {
         .build()
         .map_err(pq)?;
         let batch = match batches.next() {
-            Some(b) => b.map_err(|e| Error::parquet(&self.path, format!("row group {i}: {e}")))?,
+            Some(b) => {
+                b.map_err(|e| Error::parquet_source(&self.path, format!("row group {i}"), e))?
+            }
             None => {
                 return Err(Error::parquet(
                     &self.path,
@@ -260,33 +245,20 @@ impl ShardReader {
         col.no_nulls(mask, schema::LOSS_MASK)?;
         out.loss_mask.extend(mask.values().iter());
 
-        let ids_name = schema::ids_column(self.encoding);
+        let encoding = self.encoding();
+        let ids_name = schema::ids_column(encoding);
         let ids = col.fixed(col.list(ids_name)?, ids_name)?;
         let ids = col.primitive::<UInt32Type>(&ids, ids_name)?;
-        let values_name = schema::values_column(self.encoding);
+        let values_name = schema::values_column(encoding);
         let values = col.fixed(col.list(values_name)?, values_name)?;
-        match self.encoding {
-            Encoding::Plain => {
-                out.topk_ids.extend_from_slice(ids);
-                out.topk_logprobs
-                    .extend_from_slice(col.primitive::<Float16Type>(&values, values_name)?);
-            }
-            Encoding::Steps => {
-                out.topk_ids.extend_from_slice(ids);
-                let steps = col.primitive::<UInt8Type>(&values, values_name)?;
-                decode_steps(steps, k, self.logprob_step, &mut out.topk_logprobs);
-            }
-            Encoding::Compact => {
-                let lv = col.primitive::<UInt8Type>(&values, values_name)?;
-                levels::Decoder::get().decode(
-                    ids,
-                    lv,
-                    k,
-                    &mut out.topk_ids,
-                    &mut out.topk_logprobs,
-                );
-            }
-        }
+        let values = if self.codec.values_are_f16() {
+            Values::F16(col.primitive::<Float16Type>(&values, values_name)?)
+        } else {
+            Values::U8(col.primitive::<UInt8Type>(&values, values_name)?)
+        };
+        self.codec
+            .decode(ids, values, k, &mut out.topk_ids, &mut out.topk_logprobs)
+            .map_err(|msg| col.err(values_name, msg))?;
 
         let tail = col.list(schema::TAIL_LOGMASS)?;
         out.tail_logmass
@@ -372,6 +344,7 @@ impl Columns<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::encoding::levels;
     use crate::cache::writer::{write_shard_atomic, WriteOptions};
     use std::sync::Arc;
 
@@ -657,7 +630,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("contradicts the batch (2)"), "{err}");
-        assert!(!path.exists() && !crate::cache::tmp_path(&path).exists());
+        assert!(!path.exists() && !crate::cache::layout::tmp_path(&path).exists());
     }
 
     #[test]

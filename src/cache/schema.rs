@@ -92,11 +92,11 @@ pub const META_VOCAB_SIZE: &str = "taidcache.vocab_size";
 pub const META_SEQ_LEN: &str = "taidcache.seq_len";
 pub const META_TEACHER_SHA256: &str = "taidcache.teacher_sha256";
 pub const META_TOKENIZER_SHA256: &str = "taidcache.tokenizer_sha256";
-/// Format v2 only: the quantization step of `topk_logprob_steps` in nats (`0.125`).
-pub const META_LOGPROB_STEP: &str = "taidcache.logprob_step";
 /// Format v3 only: the log-prob of each of the 256 levels of `topk_logprob_levels`, a JSON
 /// array (`[0,-0.015686…,…,-72.43…]`).
-pub const META_LOGPROB_LEVELS: &str = "taidcache.logprob_levels";
+pub use super::encoding::levels::FOOTER_KEY as META_LOGPROB_LEVELS;
+/// Format v2 only: the quantization step of `topk_logprob_steps` in nats (`0.125`).
+pub use super::encoding::steps::FOOTER_KEY as META_LOGPROB_STEP;
 
 /// The placeholder `schemas/v1/shard.schema.json` writes where [`schema_json`] writes k.
 pub const K_PLACEHOLDER: &str = "k";

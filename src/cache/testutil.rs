@@ -3,7 +3,7 @@
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-use super::writer::ShardBatch;
+use super::batch::ShardBatch;
 
 /// A batch of random but well-formed rows: ids < vocab, log-probs descending, tail
 /// consistent with the top-k mass.

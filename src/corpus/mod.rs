@@ -227,11 +227,10 @@ pub fn describe_files(files: &[PathBuf]) -> Result<Vec<CorpusFileInfo>> {
 /// parse is an [`Error::Tokenizer`] naming it.
 pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
     let text = std::fs::read_to_string(path).at(path)?;
-    text.parse::<tokenizers::Tokenizer>()
-        .map_err(|e| Error::Tokenizer {
-            path: path.to_path_buf(),
-            msg: format!("not a valid Hugging Face tokenizer.json: {e}"),
-        })
+    text.parse::<tokenizers::Tokenizer>().map_err(|e| {
+        let msg = format!("not a valid Hugging Face tokenizer.json: {e}");
+        Error::tokenizer(path, msg, Some(e))
+    })
 }
 
 /// End-of-sequence token names, most likely first.

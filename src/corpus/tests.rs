@@ -649,7 +649,8 @@ fn find_eos_prefers_endoftext_and_returns_none_without_candidates() {
     assert_eq!(find_eos(&tok), Some(0));
     let mut tok2 = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
     assert_eq!(find_eos(&tok2), None);
-    tok2.add_special_tokens(&[tokenizers::AddedToken::from("</s>", true)]);
+    tok2.add_special_tokens([tokenizers::AddedToken::from("</s>", true)])
+        .unwrap();
     assert_eq!(find_eos(&tok2), Some(0));
 }
 

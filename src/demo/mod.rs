@@ -8,8 +8,8 @@
 //! 5. Three students of one small config distilled from the same cache (`taid`, `kl`, `ce`),
 //!    evaluated on the held-out cache; a table and a plot.
 //!
-//! Every stage after the tokenizer runs through the public subcommands, printed as a user
-//! would type them.
+//! Every stage after the tokenizer runs through the stages' own APIs with typed options, and
+//! is printed as the command line a user would type for it ([`crate::config::command_line`]).
 
 pub mod grammar;
 
@@ -17,14 +17,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{self, Cli};
+use crate::config::command_line;
 use crate::corpus::bpe::train_bpe;
+use crate::distill::metrics::{self, METRICS_FILE};
+use crate::distill::objectives::Objective;
+use crate::distill::DistillOptions;
 use crate::error::{Error, IoContext, Result};
+use crate::model::init::TinySpec;
 use crate::model::Architecture;
-use crate::testing::{write_tiny_model, TinySpec};
+use crate::precompute::PrecomputeOptions;
 
 /// A decoder's depth and width.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,7 +59,7 @@ pub struct DemoConfig {
     pub teacher_lr: f64,
     pub student: Size,
     /// The objectives distilled from every teacher's cache, one student each.
-    pub objectives: Vec<String>,
+    pub objectives: Vec<Objective>,
     pub student_steps: u64,
     pub student_lr: f64,
     pub batch_size: usize,
@@ -81,7 +84,7 @@ impl Default for DemoConfig {
                 layers: 2,
                 hidden: 96,
             },
-            objectives: ["taid", "kl", "ce"].map(String::from).to_vec(),
+            objectives: vec![Objective::Taid, Objective::Kl, Objective::Ce],
             student_steps: 300,
             student_lr: 3e-3,
             batch_size: 8,
@@ -180,14 +183,20 @@ pub fn run(out: &Path, cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoSummar
         }
     };
     let d = |x: &Path| x.display().to_string();
-    let seq = cfg.seq_len.to_string();
-    let bs = cfg.batch_size.to_string();
-    let k = cfg.top_k.to_string();
     write_config_only(
         &p("models/student-init"),
         &spec(cfg.student, cfg.seed + 1),
         &tokenizer,
     )?;
+    let precompute_opts = |teacher: &Path, corpus: &str, cache: &Path, top_k: usize| {
+        let corpus = p(&format!("corpus/{corpus}.jsonl"));
+        PrecomputeOptions {
+            top_k,
+            seq_len: cfg.seq_len,
+            batch_size: cfg.batch_size,
+            ..PrecomputeOptions::new(teacher, vec![corpus], cache)
+        }
+    };
     let mut teachers = Vec::new();
     let mut students = Vec::new();
     let mut plots = Vec::new();
@@ -209,52 +218,23 @@ pub fn run(out: &Path, cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoSummar
         if ti == 0 {
             // Token caches: the corpus packed into sequences (the teacher's top-1 is not used).
             for (split, corpus) in [("tokens", "train"), ("tokens-heldout", "heldout")] {
-                command(
-                    w,
-                    &[
-                        "precompute",
-                        "--teacher",
-                        &d(&init),
-                        "--corpus",
-                        &d(&p(&format!("corpus/{corpus}.jsonl"))),
-                        "--out",
-                        &d(&p(&format!("caches/{split}"))),
-                        "--top-k",
-                        "1",
-                        "--seq-len",
-                        &seq,
-                        "--batch-size",
-                        &bs,
-                    ],
-                )?;
+                let cache = p(&format!("caches/{split}"));
+                precompute(w, &precompute_opts(&init, corpus, &cache, 1))?;
             }
         }
         let teacher_run = p(&format!("runs/{}", named("teacher", size)));
-        command(
+        distill(
             w,
-            &[
-                "distill",
-                "--cache",
-                &d(&p("caches/tokens")),
-                "--student",
-                &d(&init),
-                "--out",
-                &d(&teacher_run),
-                "--objective",
-                "ce",
-                "--steps",
-                &cfg.teacher_steps.to_string(),
-                "--batch-size",
-                &bs,
-                "--lr",
-                &cfg.teacher_lr.to_string(),
-                "--warmup",
-                &(cfg.teacher_steps / 10).to_string(),
-                "--eval-cache",
-                &d(&p("caches/tokens-heldout")),
-                "--seed",
-                &cfg.seed.to_string(),
-            ],
+            &DistillOptions {
+                objective: Objective::Ce,
+                steps: Some(cfg.teacher_steps),
+                batch_size: cfg.batch_size,
+                lr: cfg.teacher_lr,
+                warmup: cfg.teacher_steps / 10,
+                eval_cache: Some(p("caches/tokens-heldout")),
+                seed: cfg.seed,
+                ..DistillOptions::new(p("caches/tokens"), &init, &teacher_run)
+            },
         )?;
         teachers.push(TeacherResult {
             teacher: size.name(),
@@ -263,88 +243,63 @@ pub fn run(out: &Path, cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoSummar
         });
 
         // 4. The cache of the trained teacher.
-        let teacher = d(&teacher_run.join("final"));
+        let teacher = teacher_run.join("final");
         let train_cache = p(&format!("caches/{}", named("train", size)));
         let heldout_cache = p(&format!("caches/{}", named("heldout", size)));
         for (cache, corpus) in [(&train_cache, "train"), (&heldout_cache, "heldout")] {
-            command(
-                w,
-                &[
-                    "precompute",
-                    "--teacher",
-                    &teacher,
-                    "--corpus",
-                    &d(&p(&format!("corpus/{corpus}.jsonl"))),
-                    "--out",
-                    &d(cache),
-                    "--top-k",
-                    &k,
-                    "--seq-len",
-                    &seq,
-                    "--batch-size",
-                    &bs,
-                ],
-            )?;
+            precompute(w, &precompute_opts(&teacher, corpus, cache, cfg.top_k))?;
         }
-        command(w, &["inspect", &d(&train_cache)])?;
+        show(w, vec!["inspect".into(), d(&train_cache)])?;
+        let summary = crate::inspect::inspect(&train_cache)?;
+        crate::inspect::write_summary(&summary, false, &mut &mut *w)?;
 
         // 5. Students.
         let mut runs = Vec::new();
-        for objective in &cfg.objectives {
+        for &objective in &cfg.objectives {
             let run = p(&format!(
                 "runs/{}",
                 if single {
-                    objective.clone()
+                    objective.name().to_string()
                 } else {
-                    format!("{}/{objective}", size.name())
+                    format!("{}/{}", size.name(), objective.name())
                 }
             ));
             let steps = cfg.student_steps;
-            command(
+            distill(
                 w,
-                &[
-                    "distill",
-                    "--cache",
-                    &d(&train_cache),
-                    "--student",
-                    &d(&p("models/student-init")),
-                    "--out",
-                    &d(&run),
-                    "--objective",
+                &DistillOptions {
                     objective,
-                    "--steps",
-                    &steps.to_string(),
-                    "--batch-size",
-                    &bs,
-                    "--lr",
-                    &cfg.student_lr.to_string(),
-                    "--warmup",
-                    &(steps / 10).to_string(),
-                    "--alpha",
-                    "5e-3",
-                    "--eval-cache",
-                    &d(&heldout_cache),
-                    "--eval-every",
-                    &(steps / 6).max(1).to_string(),
-                    "--seed",
-                    &cfg.seed.to_string(),
-                ],
+                    steps: Some(steps),
+                    batch_size: cfg.batch_size,
+                    lr: cfg.student_lr,
+                    warmup: steps / 10,
+                    alpha: 5e-3,
+                    eval_cache: Some(heldout_cache.clone()),
+                    eval_every: (steps / 6).max(1),
+                    seed: cfg.seed,
+                    ..DistillOptions::new(&train_cache, p("models/student-init"), &run)
+                },
             )?;
             let (ce, kl_teacher) = last_eval(&run)?;
             students.push(StudentResult {
                 teacher: size.name(),
-                objective: objective.clone(),
+                objective: objective.name().to_string(),
                 ce,
                 kl_teacher,
             });
-            runs.push(d(&run));
+            runs.push(run);
         }
         let plot = p(&format!("{}.svg", named("students", size)));
-        let mut args = vec!["plot"];
-        args.extend(runs.iter().map(String::as_str));
-        let plot_s = d(&plot);
-        args.extend(["--out", plot_s.as_str()]);
-        command(w, &args)?;
+        let mut words = vec!["plot".to_string()];
+        words.extend(runs.iter().map(|r| d(r)));
+        words.extend(["--out".to_string(), d(&plot)]);
+        show(w, words)?;
+        let curves = runs
+            .iter()
+            .map(|r| crate::plot::read_run(r))
+            .collect::<Result<Vec<_>>>()?;
+        crate::plot::plot(&curves, &plot)?;
+        writeln!(w, "{}: {} runs plotted", plot.display(), curves.len()).at(&plot)?;
         plots.push(plot);
     }
 
@@ -457,22 +412,25 @@ pub fn write_report(report: &Path, summary: &DemoSummary, command: &str) -> Resu
     std::fs::rename(&tmp, report).at(report)
 }
 
-/// Print a subcommand as a user would type it, then run it through the real CLI.
-fn command(w: &mut dyn Write, args: &[&str]) -> Result<()> {
-    let shown: Vec<String> = args
-        .iter()
-        .map(|a| {
-            if a.contains(' ') {
-                format!("'{a}'")
-            } else {
-                a.to_string()
-            }
-        })
+/// Print a command line as a user would type it: `$ taidcache WORDS…`.
+fn show(w: &mut dyn Write, words: Vec<String>) -> Result<()> {
+    let shown: Vec<String> = words
+        .into_iter()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect();
-    writeln!(w, "\n$ taidcache {}", shown.join(" ")).map_err(|e| Error::io("<stdout>", e))?;
-    let cli = Cli::try_parse_from(std::iter::once("taidcache").chain(args.iter().copied()))
-        .map_err(|e| Error::Internal(format!("demo command does not parse: {e}")))?;
-    cli::run(cli, w)
+    writeln!(w, "\n$ taidcache {}", shown.join(" ")).map_err(|e| Error::io("<stdout>", e))
+}
+
+/// Print the precompute command of `opts`, then run the stage.
+fn precompute(w: &mut dyn Write, opts: &PrecomputeOptions) -> Result<()> {
+    show(w, command_line("precompute", opts))?;
+    crate::precompute::run(opts, w).map(|_| ())
+}
+
+/// Print the distill command of `opts`, then run the stage.
+fn distill(w: &mut dyn Write, opts: &DistillOptions) -> Result<()> {
+    show(w, command_line("distill", opts))?;
+    crate::distill::run(opts, w).map(|_| ())
 }
 
 fn write_jsonl(path: &Path, docs: &[String]) -> Result<()> {
@@ -485,18 +443,19 @@ fn write_jsonl(path: &Path, docs: &[String]) -> Result<()> {
 
 /// `config.json` and `tokenizer.json` of `spec`, without weights: distill initializes it.
 fn write_config_only(dir: &Path, spec: &TinySpec, tokenizer: &tokenizers::Tokenizer) -> Result<()> {
-    write_tiny_model(dir, spec, Some(tokenizer))?;
-    let weights = dir.join(crate::model::weights::SINGLE_FILE);
-    std::fs::remove_file(&weights).at(&weights)
+    spec.write_config(dir)?;
+    let path = dir.join(crate::model::weights::TOKENIZER_FILE);
+    tokenizer
+        .save(&path, false)
+        .map_err(|e| Error::tokenizer(&path, e.to_string(), Some(e)))
 }
 
 /// The last eval line of a run: (ce, kl_teacher).
 fn last_eval(run: &Path) -> Result<(f64, f64)> {
-    let path = run.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).at(&path)?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .rfind(|v| v["split"] == "eval")
-        .and_then(|v| Some((v["ce"].as_f64()?, v["kl_teacher"].as_f64()?)))
+    let path = run.join(METRICS_FILE);
+    metrics::read(&path)?
+        .into_iter()
+        .rfind(|l| l.is_eval())
+        .and_then(|l| Some((l.ce?, l.kl_teacher?)))
         .ok_or_else(|| Error::field(&path, "split", "the run has no eval line"))
 }

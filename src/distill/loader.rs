@@ -15,8 +15,7 @@
 //! The position in the stream is a [`Cursor`] (epoch, batches consumed in it): a checkpoint
 //! stores it and a resumed run starts exactly where the interrupted one stopped.
 
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -28,10 +27,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::manifest::Manifest;
-use crate::cache::reader::ShardReader;
-use crate::cache::writer::ShardBatch;
-use crate::cache::{readable_versions, Encoding};
+use crate::cache::{Cache, ShardBatch, ShardReader, Unit};
 use crate::error::{Error, Result};
 use crate::hash::xxh3_file;
 
@@ -40,104 +36,6 @@ use crate::hash::xxh3_file;
 pub struct Cursor {
     pub epoch: u64,
     pub batches_in_epoch: u64,
-}
-
-/// Rows `rows` of row group `row_group` of shard `shard` (an index into `Manifest::shards`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unit {
-    pub shard: usize,
-    pub row_group: usize,
-    pub rows: Range<usize>,
-}
-
-impl Unit {
-    fn len(&self) -> usize {
-        self.rows.len()
-    }
-}
-
-/// The cache's rows as units, split into (train, eval): eval is the last
-/// `ceil(eval_fraction × rows)` rows in sequence order (so it never overlaps train, and does not
-/// depend on the seed). Opens each shard's footer to count its row groups.
-pub fn split_units(
-    cache: &Path,
-    manifest: &Manifest,
-    eval_fraction: f64,
-) -> Result<(Vec<Unit>, Vec<Unit>)> {
-    let total = manifest.total_rows() as usize;
-    let n_eval = if eval_fraction > 0.0 {
-        ((eval_fraction * total as f64).ceil() as usize).min(total)
-    } else {
-        0
-    };
-    let boundary = total - n_eval;
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    let mut row = 0usize;
-    for (shard, entry) in manifest.shards.iter().enumerate() {
-        let reader = ShardReader::open(&cache.join(&entry.path))?;
-        for row_group in 0..reader.num_row_groups() {
-            let n = reader.row_group_rows(row_group);
-            let (lo, hi) = (row, row + n);
-            let cut = boundary.clamp(lo, hi) - lo;
-            if cut > 0 {
-                train.push(Unit {
-                    shard,
-                    row_group,
-                    rows: 0..cut,
-                });
-            }
-            if cut < n {
-                eval.push(Unit {
-                    shard,
-                    row_group,
-                    rows: cut..n,
-                });
-            }
-            row = hi;
-        }
-    }
-    Ok((train, eval))
-}
-
-/// Refuse a cache the student cannot learn from: another format version, teacher ids beyond the
-/// student's vocabulary, or (when the student has a `tokenizer.json`) another tokenizer.
-pub fn check_compatible(
-    manifest_path: &Path,
-    manifest: &Manifest,
-    student_vocab: usize,
-    tokenizer_sha256: Option<&str>,
-) -> Result<()> {
-    if Encoding::from_format_version(manifest.format_version.into()).is_none() {
-        return Err(Error::field(
-            manifest_path,
-            "format_version",
-            format!(
-                "cache format {} cannot be read by this build (formats {})",
-                manifest.format_version,
-                readable_versions()
-            ),
-        ));
-    }
-    if manifest.vocab_size > student_vocab {
-        return Err(Error::field(
-            manifest_path,
-            "vocab_size",
-            format!(
-                "the teacher's vocabulary ({}) is larger than the student's ({student_vocab}): its token ids would not fit",
-                manifest.vocab_size
-            ),
-        ));
-    }
-    if let Some(sha) = tokenizer_sha256 {
-        if sha != manifest.tokenizer_sha256 {
-            return Err(Error::field(
-                manifest_path,
-                "tokenizer_sha256",
-                "the student's tokenizer.json differs from the teacher's the cache was made with",
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -205,18 +103,13 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Start loading `units` of the cache at `cache` from `cursor`.
-    pub fn new(
-        cache: &Path,
-        manifest: &Manifest,
-        units: &[Unit],
-        opts: LoaderOptions,
-        cursor: Cursor,
-    ) -> Result<Self> {
+    /// Start loading `units` of `cache` from `cursor`.
+    pub fn new(cache: &Cache, units: &[Unit], opts: LoaderOptions, cursor: Cursor) -> Result<Self> {
         if opts.batch_size == 0 {
             return Err(Error::flag("--batch-size", "must be at least 1"));
         }
-        let paths = check_shards(cache, manifest, units)?;
+        let manifest = cache.manifest();
+        let paths = check_shards(cache, units)?;
         let rows_per_epoch = units.iter().map(Unit::len).sum();
         let (tx, batches) = std::sync::mpsc::sync_channel(opts.prefetch.max(1));
         let (recycled, pool) = std::sync::mpsc::sync_channel(opts.prefetch.max(1) + 2);
@@ -301,32 +194,21 @@ impl Drop for Loader {
     }
 }
 
-/// Open every shard `units` read once, check it holds the manifest's rows, and return its path
-/// (by shard index; `None` for the shards no unit reads). The decoder reopens a shard per unit.
-fn check_shards(cache: &Path, manifest: &Manifest, units: &[Unit]) -> Result<Vec<Option<PathBuf>>> {
-    let mut paths: Vec<Option<PathBuf>> = vec![None; manifest.shards.len()];
+/// Open every shard `units` read once, checked against the manifest ([`Cache::open_shard`]),
+/// and return its path (by shard index; `None` for the shards no unit reads). The decoder
+/// reopens a shard per unit.
+fn check_shards(cache: &Cache, units: &[Unit]) -> Result<Vec<Option<PathBuf>>> {
+    let mut paths: Vec<Option<PathBuf>> = vec![None; cache.manifest().shards.len()];
     for u in units {
-        let entry = manifest.shards.get(u.shard).ok_or_else(|| {
-            Error::Internal(format!(
+        if u.shard >= paths.len() {
+            return Err(Error::Internal(format!(
                 "unit names shard {} of {}",
                 u.shard,
-                manifest.shards.len()
-            ))
-        })?;
+                paths.len()
+            )));
+        }
         if paths[u.shard].is_none() {
-            let path: PathBuf = cache.join(&entry.path);
-            let r = ShardReader::open(&path)?;
-            if r.num_rows() as u64 != entry.rows {
-                return Err(Error::cache(
-                    &path,
-                    format!(
-                        "holds {} rows, the manifest says {}",
-                        r.num_rows(),
-                        entry.rows
-                    ),
-                ));
-            }
-            paths[u.shard] = Some(path);
+            paths[u.shard] = Some(cache.open_shard(u.shard)?.path().to_path_buf());
         }
     }
     Ok(paths)
@@ -533,12 +415,14 @@ fn copy_row(src: &ShardBatch, r: usize, dst: &mut ShardBatch) {
 mod tests {
     use std::collections::BTreeSet;
 
+    use std::path::Path;
+
     use super::*;
     use crate::cache::testutil::{random_batch, sample_manifest};
     use crate::cache::{write_shard_atomic, WriteOptions};
 
     /// A cache of 3 shards × 10 rows (row groups of 4, 4, 2 rows), seq 16, k 8.
-    fn cache() -> (tempfile::TempDir, Manifest) {
+    fn cache() -> (tempfile::TempDir, Cache) {
         let dir = tempfile::tempdir().unwrap();
         let mut m = sample_manifest(3, 10);
         std::fs::create_dir_all(dir.path().join("shards")).unwrap();
@@ -552,7 +436,8 @@ mod tests {
             e.bytes = w.bytes;
             e.xxh3 = w.xxh3;
         }
-        (dir, m)
+        let c = Cache::new(dir.path(), m).unwrap();
+        (dir, c)
     }
 
     fn seq_ids(loader: &mut Loader, n: usize) -> Vec<Vec<u64>> {
@@ -568,22 +453,15 @@ mod tests {
 
     #[test]
     fn an_epoch_visits_every_training_row_once_in_a_seeded_order() {
-        let (dir, m) = cache();
-        let (train, eval) = split_units(dir.path(), &m, 0.2).unwrap();
+        let (_dir, c) = cache();
+        let (train, eval) = c.units(0.2).unwrap();
         assert_eq!(train.iter().map(Unit::len).sum::<usize>(), 24);
         assert_eq!(
             eval.iter().map(Unit::len).sum::<usize>(),
             6,
             "ceil(0.2 × 30) rows held out"
         );
-        let mut a = Loader::new(
-            dir.path(),
-            &m,
-            &train,
-            LoaderOptions::train(3, 7),
-            Cursor::default(),
-        )
-        .unwrap();
+        let mut a = Loader::new(&c, &train, LoaderOptions::train(3, 7), Cursor::default()).unwrap();
         assert_eq!(a.batches_per_epoch(), 8);
         let epoch0 = seq_ids(&mut a, 8);
         let seen: BTreeSet<u64> = epoch0.iter().flatten().copied().collect();
@@ -594,42 +472,22 @@ mod tests {
         );
         let epoch1 = seq_ids(&mut a, 8);
         assert_ne!(epoch0, epoch1, "each epoch has its own order");
-        let mut b = Loader::new(
-            dir.path(),
-            &m,
-            &train,
-            LoaderOptions::train(3, 7),
-            Cursor::default(),
-        )
-        .unwrap();
+        let mut b = Loader::new(&c, &train, LoaderOptions::train(3, 7), Cursor::default()).unwrap();
         assert_eq!(
             seq_ids(&mut b, 16),
             [epoch0.clone(), epoch1].concat(),
             "same seed, same stream"
         );
-        let mut c = Loader::new(
-            dir.path(),
-            &m,
-            &train,
-            LoaderOptions::train(3, 8),
-            Cursor::default(),
-        )
-        .unwrap();
+        let mut c = Loader::new(&c, &train, LoaderOptions::train(3, 8), Cursor::default()).unwrap();
         assert_ne!(seq_ids(&mut c, 8), epoch0, "another seed, another order");
     }
 
     #[test]
     fn a_loader_started_at_a_cursor_continues_the_same_stream() {
-        let (dir, m) = cache();
-        let (train, _) = split_units(dir.path(), &m, 0.0).unwrap();
-        let mut full = Loader::new(
-            dir.path(),
-            &m,
-            &train,
-            LoaderOptions::train(4, 1),
-            Cursor::default(),
-        )
-        .unwrap();
+        let (_dir, c) = cache();
+        let (train, _) = c.units(0.0).unwrap();
+        let mut full =
+            Loader::new(&c, &train, LoaderOptions::train(4, 1), Cursor::default()).unwrap();
         let mut cursors = vec![];
         let mut stream = vec![];
         for _ in 0..17 {
@@ -653,14 +511,8 @@ mod tests {
             "30 rows / 4 = 7 batches, the rest dropped"
         );
         for at in [3usize, 7, 9] {
-            let mut resumed = Loader::new(
-                dir.path(),
-                &m,
-                &train,
-                LoaderOptions::train(4, 1),
-                cursors[at - 1],
-            )
-            .unwrap();
+            let mut resumed =
+                Loader::new(&c, &train, LoaderOptions::train(4, 1), cursors[at - 1]).unwrap();
             assert_eq!(
                 seq_ids(&mut resumed, 17 - at),
                 stream[at..].to_vec(),
@@ -671,16 +523,9 @@ mod tests {
 
     #[test]
     fn batches_hold_the_rows_as_stored() {
-        let (dir, m) = cache();
-        let (train, _) = split_units(dir.path(), &m, 0.0).unwrap();
-        let mut l = Loader::new(
-            dir.path(),
-            &m,
-            &train,
-            LoaderOptions::eval(7),
-            Cursor::default(),
-        )
-        .unwrap();
+        let (_dir, c) = cache();
+        let (train, _) = c.units(0.0).unwrap();
+        let mut l = Loader::new(&c, &train, LoaderOptions::eval(7), Cursor::default()).unwrap();
         let mut rows = 0;
         while let Some(b) = l.next_batch() {
             let b = b.unwrap();
@@ -720,21 +565,14 @@ mod tests {
 
     #[test]
     fn a_corrupt_shard_is_named() {
-        let (dir, m) = cache();
-        let path = dir.path().join(&m.shards[1].path);
+        let (_dir, c) = cache();
+        let path = c.shard_path(1);
         let mut bytes = std::fs::read(&path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x55;
         std::fs::write(&path, bytes).unwrap();
-        let (train, _) = split_units(dir.path(), &m, 0.0).unwrap();
-        let mut l = Loader::new(
-            dir.path(),
-            &m,
-            &train,
-            LoaderOptions::eval(30),
-            Cursor::default(),
-        )
-        .unwrap();
+        let (train, _) = c.units(0.0).unwrap();
+        let mut l = Loader::new(&c, &train, LoaderOptions::eval(30), Cursor::default()).unwrap();
         let err = l
             .next_batch()
             .unwrap()
@@ -750,20 +588,18 @@ mod tests {
     #[test]
     fn incompatible_caches_are_refused_by_field() {
         let m = sample_manifest(1, 1);
-        let p = Path::new("c/manifest.json");
-        assert!(check_compatible(p, &m, 1000, Some(&m.tokenizer_sha256)).is_ok());
-        let small = check_compatible(p, &m, 999, None).unwrap_err().to_string();
+        let c = Cache::new(Path::new("c"), m.clone()).unwrap();
+        assert!(c.check_student(1000, Some(&m.tokenizer_sha256)).is_ok());
+        let small = c.check_student(999, None).unwrap_err().to_string();
         assert!(
             small.contains("vocab_size") && small.contains("999"),
             "{small}"
         );
-        let tok = check_compatible(p, &m, 1000, Some("x"))
-            .unwrap_err()
-            .to_string();
+        let tok = c.check_student(1000, Some("x")).unwrap_err().to_string();
         assert!(tok.contains("tokenizer_sha256"), "{tok}");
         let mut future = m.clone();
         future.format_version = 4;
-        assert!(check_compatible(p, &future, 1000, None)
+        assert!(Cache::new(Path::new("c"), future)
             .unwrap_err()
             .to_string()
             .contains("format_version"));

@@ -31,6 +31,17 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+impl AdamWConfig {
+    /// The defaults with a run's learning rate and weight decay (what `distill` trains with).
+    pub fn with_lr_and_decay(lr: f64, weight_decay: f64) -> Self {
+        Self {
+            lr,
+            weight_decay,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for AdamWConfig {
     fn default() -> Self {
         Self {
@@ -178,7 +189,7 @@ impl AdamW {
         let steps = Tensor::new(&[self.steps as i64], &Device::Cpu).ctx("save")?;
         tensors.insert("steps".to_string(), steps);
         candle_core::safetensors::save(&tensors, path)
-            .map_err(|e| Error::cache(path, format!("cannot write optimizer state: {e}")))?;
+            .map_err(|e| Error::checkpoint(path, format!("cannot write optimizer state: {e}")))?;
         std::fs::File::open(path)
             .and_then(|f| f.sync_all())
             .at(path)
@@ -187,7 +198,7 @@ impl AdamW {
     /// Load what [`save`](Self::save) wrote, for the same parameters; the weights are re-read
     /// from the variables (the checkpoint's model files were loaded into them).
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let bad = |msg: String| Error::cache(path, msg);
+        let bad = |msg: String| Error::checkpoint(path, msg);
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| bad(format!("not a readable optimizer state: {e}")))?;
         let steps = tensors
@@ -249,7 +260,7 @@ mod tests {
     use candle_nn::Optimizer;
 
     fn params(seed: u64) -> Vec<(String, Var)> {
-        let mut rng = crate::testing::Normal::new(seed);
+        let mut rng = crate::model::init::Normal::new(seed);
         [
             ("a.weight", vec![7, 5]),
             ("a.bias", vec![5]),

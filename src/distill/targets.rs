@@ -219,7 +219,7 @@ pub fn build_target<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Normal;
+    use crate::model::init::Normal;
 
     fn logsumexp(x: &[f64]) -> f64 {
         let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

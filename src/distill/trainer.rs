@@ -1,5 +1,5 @@
-//! The training loop: batches from the loader, student forward, sparse targets, backward,
-//! AdamW, the TAID schedule, metrics, evaluation and checkpoints.
+//! [`Trainer`]: one optimizer step (micro-batches → student forward → sparse targets → loss and
+//! gradient → backward → clipping → AdamW → TAID t update), evaluation, and checkpoints.
 //!
 //! The output projection's backward is done by hand, chunk by chunk over positions, so the
 //! `[positions × vocab]` logits never exist all at once: for a chunk `c` with hidden states
@@ -7,34 +7,24 @@
 //! `∂loss/∂H_c = G_c·W` and `∂loss/∂W += G_cᵀ·H_c`. The rest of the network gets its gradient
 //! from one backward of the surrogate `Σ H ⊙ sg(∂loss/∂H)`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
-use serde::{Deserialize, Serialize};
+use candle_core::Tensor;
 
+use super::checkpoint::{self, TrainerState};
 use super::loader::{Batch, Cursor, Loader};
 use super::objectives::{self, Chunk, LossConfig, LossOutput, Objective};
-use super::optim::{clip_factor, grad_norm, with_host_f32, AdamW};
+use super::optim::{clip_factor, grad_norm, with_host_f32, AdamW, AdamWConfig};
+use super::options::{AdaptiveSignal, DistillOptions};
 use super::schedule::{LrSchedule, TaidSchedule};
-use crate::cache::writer::ShardBatch;
-use crate::error::{CandleContext, IoContext, Result};
+use crate::cache::ShardBatch;
+use crate::error::{CandleContext, Error, Result};
 use crate::model::train::Student;
 use crate::model::Mode;
 
 /// Logits are materialized for at most this many bytes per chunk (`[positions, vocab]` f32).
 pub const LOSS_CHUNK_BYTES: usize = 64 << 20;
-
-/// Everything a checkpoint needs besides the weights and the optimizer moments.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct TrainerState {
-    pub step: u64,
-    pub tokens: u64,
-    pub schedule: TaidSchedule,
-    pub cursor: Cursor,
-}
 
 /// Sums over one optimizer step (all micro-batches): the objectives' own sums.
 pub type StepStats = LossOutput;
@@ -100,7 +90,7 @@ pub fn micro_batch(
     normalizer: usize,
     acc: &mut Option<GradStore>,
 ) -> Result<LossOutput> {
-    let (b, s, k) = (data.rows(), data.seq_len, data.k);
+    let (b, s) = (data.rows(), data.seq_len);
     let device = student.model.device().clone();
     let vocab = student.config.vocab_size;
     let ids = Tensor::from_slice(&data.input_ids, (b, s), &device).ctx("student input")?;
@@ -113,52 +103,33 @@ pub fn micro_batch(
     let hd = hidden.detach();
     let w_var = student.lm_head_var();
     let w = w_var.as_tensor().detach();
-    let logprobs: Vec<f32> = data.topk_logprobs.iter().map(|x| x.to_f32()).collect();
-    let labels = labels(data);
     let scale = 1.0 / normalizer.max(1) as f32;
-
-    let positions = b * s;
-    let chunk = (LOSS_CHUNK_BYTES / 4 / vocab).max(1);
     let mut out = LossOutput::default();
     let mut grad_h = Vec::new();
     let mut grad_w: Option<Tensor> = None;
-    let mut grad = vec![0f32; chunk.min(positions) * vocab];
-    let mut start = 0;
-    while start < positions {
-        let n = chunk.min(positions - start);
-        let hc = hd.narrow(0, start, n).ctx("loss chunk")?;
-        let logits = hc.matmul(&w.t().ctx("lm_head")?).ctx("lm_head")?;
-        let g = &mut grad[..n * vocab];
-        let o = with_host_f32(&logits, |l| {
-            let chunk = Chunk {
-                logits: l,
-                vocab,
-                k,
-                ids: &data.topk_ids[start * k..(start + n) * k],
-                logprobs: &logprobs[start * k..(start + n) * k],
-                tail: &data.tail_logmass[start..start + n],
-                mask: &data.loss_mask[start..start + n],
-                labels: &labels[start..start + n],
-            };
-            objectives::loss_and_grad(cfg, &chunk, g)
-        })?;
-        out += o;
+    let mut grad = Vec::new();
+    for_each_chunk(&hd, &w, data, vocab, |hc, chunk| {
+        let g = {
+            grad.resize(chunk.positions() * vocab, 0.0);
+            &mut grad[..]
+        };
+        out += objectives::loss_and_grad(cfg, &chunk, g);
         for x in g.iter_mut() {
             *x *= scale;
         }
-        let gt = Tensor::from_slice(g, (n, vocab), &device).ctx("loss gradient")?;
+        let gt = Tensor::from_slice(g, (chunk.positions(), vocab), &device).ctx("loss gradient")?;
         grad_h.push(gt.matmul(&w).ctx("lm_head backward")?);
         let gw = gt
             .t()
             .ctx("lm_head backward")?
-            .matmul(&hc)
+            .matmul(hc)
             .ctx("lm_head backward")?;
-        grad_w = Some(match grad_w {
+        grad_w = Some(match grad_w.take() {
             None => gw,
             Some(acc) => (acc + gw).ctx("lm_head backward")?,
         });
-        start += n;
-    }
+        Ok(())
+    })?;
     let grad_h = Tensor::cat(&grad_h, 0).ctx("lm_head backward")?;
     let surrogate = (hidden * grad_h)
         .ctx("surrogate")?
@@ -189,6 +160,48 @@ pub fn micro_batch(
     Ok(out)
 }
 
+/// The one loop over a batch's positions in chunks of at most [`LOSS_CHUNK_BYTES`] of logits:
+/// `f(hidden_chunk, chunk)` gets each chunk's hidden states `[n, hidden]` and its logits
+/// (`hidden_chunk · wᵀ`, on the host) with their sparse teacher records. `hidden`:
+/// `[positions, hidden]`, `w`: `[vocab, hidden]`.
+fn for_each_chunk(
+    hidden: &Tensor,
+    w: &Tensor,
+    data: &ShardBatch,
+    vocab: usize,
+    mut f: impl FnMut(&Tensor, Chunk<'_>) -> Result<()>,
+) -> Result<()> {
+    let k = data.k;
+    let positions = data.rows() * data.seq_len;
+    let logprobs: Vec<f32> = data.topk_logprobs.iter().map(|x| x.to_f32()).collect();
+    let labels = labels(data);
+    let wt = w.t().ctx("lm_head")?;
+    let rows = (LOSS_CHUNK_BYTES / 4 / vocab).max(1);
+    let mut start = 0;
+    while start < positions {
+        let n = rows.min(positions - start);
+        let hc = hidden.narrow(0, start, n).ctx("loss chunk")?;
+        let logits = hc.matmul(&wt).ctx("lm_head")?;
+        with_host_f32(&logits, |l| {
+            f(
+                &hc,
+                Chunk {
+                    logits: l,
+                    vocab,
+                    k,
+                    ids: &data.topk_ids[start * k..(start + n) * k],
+                    logprobs: &logprobs[start * k..(start + n) * k],
+                    tail: &data.tail_logmass[start..start + n],
+                    mask: &data.loss_mask[start..start + n],
+                    labels: &labels[start..start + n],
+                },
+            )
+        })??;
+        start += n;
+    }
+    Ok(())
+}
+
 /// Evaluate the student on every batch of `loader`: CE on the tokens, KL from the cached teacher.
 pub fn evaluate(
     student: &Student,
@@ -208,7 +221,7 @@ pub fn evaluate(
     let mut stats = StepStats::default();
     while let Some(batch) = loader.next_batch() {
         let Batch { data, .. } = batch?;
-        let (b, s, k) = (data.rows(), data.seq_len, data.k);
+        let (b, s) = (data.rows(), data.seq_len);
         let ids = Tensor::from_slice(&data.input_ids, (b, s), &device).ctx("eval input")?;
         let hidden = student
             .model
@@ -217,149 +230,162 @@ pub fn evaluate(
         let hidden = hidden
             .reshape((b * s, hidden.dim(2).ctx("eval")?))
             .ctx("eval")?;
-        let logprobs: Vec<f32> = data.topk_logprobs.iter().map(|x| x.to_f32()).collect();
-        let labels = labels(&data);
-        let chunk = (LOSS_CHUNK_BYTES / 4 / vocab).max(1);
-        let mut start = 0;
-        while start < b * s {
-            let n = chunk.min(b * s - start);
-            let logits = hidden
-                .narrow(0, start, n)
-                .ctx("eval")?
-                .matmul(&w.t().ctx("eval")?)
-                .ctx("eval")?;
-            let o = with_host_f32(&logits, |l| {
-                let chunk = Chunk {
-                    logits: l,
-                    vocab,
-                    k,
-                    ids: &data.topk_ids[start * k..(start + n) * k],
-                    logprobs: &logprobs[start * k..(start + n) * k],
-                    tail: &data.tail_logmass[start..start + n],
-                    mask: &data.loss_mask[start..start + n],
-                    labels: &labels[start..start + n],
-                };
-                objectives::loss_only(&cfg, &chunk)
-            })?;
-            stats.add(&o);
-            start += n;
-        }
+        for_each_chunk(&hidden, &w, &data, vocab, |_, chunk| {
+            stats.add(&objectives::loss_only(&cfg, &chunk));
+            Ok(())
+        })?;
         loader.recycle(data);
     }
     Ok(stats)
 }
 
-/// One metrics line.
-pub fn write_metrics_line(file: &Path, value: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .at(file)?;
-    writeln!(f, "{value}").at(file)?;
-    f.flush().at(file)
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug)]
+pub struct StepReport {
+    /// The token-weighted mean of the optimized loss over the step's micro-batches.
+    pub loss: f64,
+    /// The interpolation t the step trained with.
+    pub t: f64,
+    /// The learning rate of the step.
+    pub lr: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The step's sums, for the cross-entropy on the labels and the KL.
+    pub stats: StepStats,
 }
 
-/// Keep the metrics lines of steps ≤ `step` (a resumed run rewrites what came after).
-pub fn truncate_metrics(file: &Path, step: u64) -> Result<()> {
-    if !file.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(file).at(file)?;
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .collect();
-    let tmp = file.with_extension("jsonl.tmp");
-    std::fs::write(
-        &tmp,
-        kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .at(&tmp)?;
-    std::fs::rename(&tmp, file).at(file)
-}
-
-/// `RUN/checkpoints/step-N` directories, sorted by N.
-pub fn checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let dir = run.join("checkpoints");
-    let mut out = Vec::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    for e in std::fs::read_dir(&dir).at(&dir)? {
-        let p = e.at(&dir)?.path();
-        let n = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("step-"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let (Some(n), true) = (n, p.is_dir()) {
-            out.push((n, p));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-pub const STATE_FILE: &str = "trainer_state.json";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-
-/// Write `RUN/checkpoints/step-N` atomically: model files, optimizer moments, trainer state.
-pub fn save_checkpoint(
-    run: &Path,
-    student: &Student,
-    opt: &AdamW,
-    state: &TrainerState,
-    tokenizer: Option<&Path>,
-) -> Result<PathBuf> {
-    let dir = run.join("checkpoints").join(format!("step-{}", state.step));
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).at(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).at(&tmp)?;
-    student.write_hf_files(&tmp, DType::F32, tokenizer)?;
-    opt.save(&tmp.join(OPTIMIZER_FILE))?;
-    let state_path = tmp.join(STATE_FILE);
-    std::fs::write(
-        &state_path,
-        serde_json::to_string_pretty(state).unwrap_or_default(),
-    )
-    .at(&state_path)?;
-    std::fs::File::open(&state_path)
-        .and_then(|f| f.sync_all())
-        .at(&state_path)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).at(&dir)?;
-    }
-    std::fs::rename(&tmp, &dir).at(&dir)?;
-    Ok(dir)
-}
-
-/// The global gradient norm before clipping, the step's learning rate, and the optimizer update.
-pub fn apply_step(
-    student: &Student,
-    opt: &mut AdamW,
-    grads: &GradStore,
-    lr: &LrSchedule,
-    step: u64,
+/// A student being trained: its optimizer, schedules and position in the data.
+pub struct Trainer {
+    student: Student,
+    opt: AdamW,
+    state: TrainerState,
+    lr: LrSchedule,
+    objective: Objective,
+    adaptive_signal: AdaptiveSignal,
     max_grad_norm: f64,
-) -> Result<(f64, f64)> {
-    let norm = grad_norm(&student.params, grads)?;
-    let rate = lr.lr(step);
-    opt.set_lr(rate);
-    opt.step(grads, clip_factor(norm, max_grad_norm))?;
-    Ok((norm, rate))
+    opts: DistillOptions,
+    /// The last checkpoint written or resumed from, for the message of a diverged run.
+    last_checkpoint: Option<PathBuf>,
 }
 
-/// Measure wall time of a closure.
-pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
-    let t0 = Instant::now();
-    let v = f();
-    (v, t0.elapsed().as_secs_f64())
+impl Trainer {
+    /// A fresh run of `total_steps` optimizer steps of `student` with `opts`.
+    pub fn new(student: Student, opts: &DistillOptions, total_steps: u64) -> Result<Self> {
+        let opt = AdamW::new(
+            student.params.clone(),
+            AdamWConfig::with_lr_and_decay(opts.lr, opts.weight_decay),
+        )?;
+        let adaptive = opts.objective == Objective::Taid;
+        Ok(Self {
+            student,
+            opt,
+            state: TrainerState {
+                step: 0,
+                tokens: 0,
+                schedule: TaidSchedule::new(
+                    opts.t_start,
+                    opts.t_end,
+                    opts.alpha,
+                    opts.beta,
+                    total_steps,
+                    adaptive,
+                ),
+                cursor: Cursor::default(),
+            },
+            lr: LrSchedule {
+                base_lr: opts.lr,
+                warmup_steps: opts.warmup,
+                total_steps,
+                min_lr_ratio: 0.0,
+            },
+            objective: opts.objective,
+            adaptive_signal: opts.adaptive_signal,
+            max_grad_norm: opts.max_grad_norm,
+            opts: opts.clone(),
+            last_checkpoint: None,
+        })
+    }
+
+    /// Continue from the checkpoint in `dir` (whose model files the student was loaded from):
+    /// the optimizer moments and the trainer state.
+    pub fn resume(&mut self, dir: &Path) -> Result<()> {
+        self.state = checkpoint::load_state(dir)?;
+        self.opt.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+        self.last_checkpoint = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    pub fn student(&self) -> &Student {
+        &self.student
+    }
+
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// The TAID interpolation of the next step.
+    pub fn t(&self) -> f64 {
+        self.state.schedule.t()
+    }
+
+    /// One optimizer step over `micro` (the step's micro-batches, each followed by its cursor):
+    /// loss and gradients, clipping, AdamW, the TAID update. A non-finite loss is
+    /// [`Error::Diverged`] and changes nothing.
+    pub fn step(&mut self, micro: &[Batch]) -> Result<StepReport> {
+        let t = self.t();
+        let cfg = self.opts.loss_config(t);
+        let normalizer: usize = micro
+            .iter()
+            .map(|b| count_positions(&b.data, self.objective))
+            .sum();
+        let mut grads = None;
+        let mut stats = StepStats::default();
+        for b in micro {
+            let o = micro_batch(&self.student, &b.data, &cfg, normalizer, &mut grads)?;
+            stats.add(&o);
+        }
+        let loss = stats.loss(self.objective);
+        if !loss.is_finite() {
+            return Err(Error::Diverged {
+                step: self.state.step + 1,
+                loss,
+                last_checkpoint: self.last_checkpoint.clone(),
+            });
+        }
+        let grads = grads.ok_or_else(|| Error::Internal("no gradients".into()))?;
+        let grad_norm = grad_norm(&self.student.params, &grads)?;
+        let lr = self.lr.lr(self.state.step);
+        self.opt.set_lr(lr);
+        self.opt
+            .step(&grads, clip_factor(grad_norm, self.max_grad_norm))?;
+        self.state.step += 1;
+        self.state.tokens += micro
+            .iter()
+            .map(|b| b.data.input_ids.len() as u64)
+            .sum::<u64>();
+        self.state.cursor = micro.last().map_or(self.state.cursor, |b| b.cursor);
+        self.state.schedule.update(match self.adaptive_signal {
+            AdaptiveSignal::Kl => loss,
+            AdaptiveSignal::Ce => stats.xent(),
+        });
+        Ok(StepReport {
+            loss,
+            t,
+            lr,
+            grad_norm,
+            stats,
+        })
+    }
+
+    /// Held-out CE and KL from the teacher over every batch of `loader`.
+    pub fn eval(&self, loader: &mut Loader) -> Result<StepStats> {
+        evaluate(&self.student, loader, self.opts.tail)
+    }
+
+    /// Write `RUN/checkpoints/step-N` for the current step.
+    pub fn checkpoint(&mut self, run: &Path, tokenizer: Option<&Path>) -> Result<PathBuf> {
+        let dir = checkpoint::save(run, &self.student, &self.opt, &self.state, tokenizer)?;
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
 }

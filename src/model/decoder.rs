@@ -125,8 +125,8 @@ impl Attention {
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?, mode)?;
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?, mode)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = candle_transformers::utils::repeat_kv(k, nh / nkv)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, nh / nkv)?.contiguous()?;
+        let k = repeat_kv(k, nh / nkv)?.contiguous()?;
+        let v = repeat_kv(v, nh / nkv)?.contiguous()?;
 
         let dtype = q.dtype();
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
@@ -143,6 +143,17 @@ impl Attention {
             .reshape((b, t, nh * hd))?;
         self.o.forward(&out)
     }
+}
+
+/// Grouped-query attention: each of the `kv_heads` heads of `x` (`[b, kv_heads, t, head_dim]`)
+/// repeated `n_rep` times in place, giving `[b, kv_heads · n_rep, t, head_dim]` (the layout of
+/// transformers' `repeat_kv`).
+fn repeat_kv(x: Tensor, n_rep: usize) -> CResult<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv_heads, t, head_dim) = x.dims4()?;
+    Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, kv_heads * n_rep, t, head_dim))
 }
 
 /// Additive mask `[t, t]`: 0 where position i may attend to j (j ≤ i, and i − j < window), −∞ elsewhere.

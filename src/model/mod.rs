@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod decoder;
+pub mod device;
+pub mod init;
 pub mod train;
 pub mod weights;
 
@@ -16,6 +18,7 @@ use candle_nn::VarBuilder;
 
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{Decoder, Mode};
+pub use device::{DeviceSpec, FloatType};
 
 use crate::error::{CandleContext, Result};
 

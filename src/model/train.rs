@@ -8,10 +8,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::config::ModelConfig;
+use super::init::Normal;
 use super::weights::{self, CONFIG_FILE, SINGLE_FILE, TOKENIZER_FILE};
 use super::Decoder;
 use crate::error::{CandleContext, Error, IoContext, Result};
-use crate::testing::Normal;
 
 /// Standard deviation of the random init of linear and embedding weights (transformers'
 /// default `initializer_range`).

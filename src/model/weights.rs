@@ -1,7 +1,6 @@
 //! Finding, checking and identifying the safetensors files of a Hugging Face model directory.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -46,7 +45,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         for f in &files {
             if !f.exists() {
-                return Err(Error::cache(
+                return Err(Error::model(
                     f,
                     format!("listed in {INDEX_FILE} but missing"),
                 ));
@@ -80,43 +79,21 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Tensor name → shape.
 pub type Shapes = BTreeMap<String, Vec<usize>>;
 
-/// The JSON header of a safetensors file: `(raw header bytes, tensor name -> shape)`.
+/// The JSON header of a safetensors file: `(raw header bytes, tensor name -> shape)`, read and
+/// checked (offsets inside the file, no overlaps) by the `safetensors` crate over a memory map.
 pub fn read_header(path: &Path) -> Result<(Vec<u8>, Shapes)> {
-    let corrupt = |msg: String| Error::cache(path, format!("not a safetensors file: {msg}"));
-    let mut file = std::fs::File::open(path).at(path)?;
-    let file_len = file.metadata().at(path)?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let n = u64::from_le_bytes(len);
-    if n > file_len.saturating_sub(8) || n > 100 << 20 {
-        return Err(corrupt(format!("header length {n} exceeds the file")));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| corrupt("header is not an object".into()))?;
-    let mut shapes = BTreeMap::new();
-    for (name, info) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let shape = info
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|s| {
-                s.iter()
-                    .map(|d| d.as_u64().map(|d| d as usize))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| corrupt(format!("tensor `{name}` has no valid shape")))?;
-        shapes.insert(name.clone(), shape);
-    }
-    Ok((header, shapes))
+    let corrupt = |msg: String| Error::model(path, format!("not a safetensors file: {msg}"));
+    let file = std::fs::File::open(path).at(path)?;
+    // SAFETY: a read-only map of a weights file nobody truncates while we parse its header.
+    let map = unsafe { memmap2::Mmap::map(&file) }.at(path)?;
+    let (n, metadata) =
+        safetensors::SafeTensors::read_metadata(&map).map_err(|e| corrupt(e.to_string()))?;
+    let shapes = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, info.shape.clone()))
+        .collect();
+    Ok((map[8..8 + n].to_vec(), shapes))
 }
 
 /// sha256 of each file's header, keyed by file name: identifies the weights' layout and dtypes

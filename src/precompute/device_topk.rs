@@ -105,8 +105,8 @@ fn fold_blocks(vals: &Tensor, ids: &Tensor, k: usize) -> Result<(Tensor, Tensor)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::init::Normal;
     use crate::precompute::topk::topk_rows;
-    use crate::testing::Normal;
     use candle_core::Device;
 
     /// Logits with exact ties: a few values repeated across the vocabulary, some of them at

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use candle_core::{Device, Tensor};
-use taidcache::cache::writer::ShardBatch;
+use taidcache::cache::ShardBatch;
 use taidcache::distill::objectives::{self, Chunk, LossConfig, Objective};
 use taidcache::distill::targets::TailMode;
 use taidcache::distill::trainer;

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use taidcache::cache::manifest::Manifest;
 use taidcache::cache::reader::ShardReader;
-use taidcache::cache::writer::ShardBatch;
+use taidcache::cache::ShardBatch;
 use taidcache::corpus::testing::train_test_tokenizer;
 use taidcache::model::Architecture;
 use taidcache::testing::{write_tiny_model, Normal, TinySpec};

@@ -1,11 +1,9 @@
 //! Bad input: one clear error line on stderr naming the culprit, a non-zero exit, no panic, and
 //! no cache left looking complete.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use taidcache::model::Architecture;
 
 /// Run precompute with `extra` flags over the defaults of these tests; return stderr.

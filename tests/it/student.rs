@@ -1,10 +1,8 @@
 //! The trainable student: gradients reach every parameter, the training forward equals the
 //! inference forward, and a saved student reloads with identical logits in the HF layout.
 
-mod common;
-
+use crate::common::ALL_ARCHS;
 use candle_core::{DType, Device, Tensor};
-use common::ALL_ARCHS;
 use taidcache::model::train::Student;
 use taidcache::model::weights::{expected_tensors, read_header};
 use taidcache::model::{Mode, ModelDir};

@@ -4,12 +4,10 @@
 //! fail with the one-sentence error of a CPU build. The pyarrow and DuckDB snippets run on the
 //! cache the commands made.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use taidcache::model::Architecture;
 
 /// Flag values replaced to keep the run small (flag, value).

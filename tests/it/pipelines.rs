@@ -1,7 +1,10 @@
 //! Every config in pipelines/ parses and resolves to valid options; the Slurm script is valid
 //! bash.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+
+use taidcache::cli::{Cli, Command};
 
 fn pipeline_files(ext: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
@@ -38,13 +41,8 @@ fn every_pipeline_config_resolves_and_validates() {
             .unwrap()
             .is_empty()
         {
-            let args = taidcache::cli::PrecomputeArgs {
-                config: Some(path.clone()),
-                ..Default::default()
-            };
-            let opts = args
-                .resolve()
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let opts =
+                resolve_precompute(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(opts.top_k >= 1 && opts.seq_len >= 1, "{}", path.display());
             stages += 1;
         }
@@ -52,13 +50,7 @@ fn every_pipeline_config_resolves_and_validates() {
             .unwrap()
             .is_empty()
         {
-            let args = taidcache::cli::DistillArgs {
-                config: Some(path.clone()),
-                ..Default::default()
-            };
-            let opts = args
-                .resolve()
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let opts = resolve_distill(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             opts.validate()
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             stages += 1;
@@ -74,14 +66,7 @@ fn every_pipeline_config_resolves_and_validates() {
 #[test]
 fn paper_recipes_carry_the_papers_hyper_parameters() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    let resolve = |name: &str| {
-        taidcache::cli::DistillArgs {
-            config: Some(dir.join(name)),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap()
-    };
+    let resolve = |name: &str| resolve_distill(&dir.join(name)).unwrap();
     let q = resolve("qwen2-72b-to-1.5b.toml");
     assert_eq!((q.t_start, q.alpha, q.beta, q.lr), (0.4, 5e-5, 0.99, 1e-5));
     let p = resolve("phi3-mini-to-tinyllama.toml");
@@ -137,13 +122,45 @@ fn every_demo_sizes_file_parses() {
             "{}",
             path.display()
         );
+        // Unknown objectives fail to parse above; each one's name is its flag value.
         for o in &cfg.objectives {
-            assert!(
-                <taidcache::distill::objectives::Objective as clap::ValueEnum>::from_str(o, false)
-                    .is_ok(),
-                "{}: unknown objective {o}",
+            assert_eq!(
+                <taidcache::distill::objectives::Objective as clap::ValueEnum>::from_str(
+                    o.name(),
+                    false
+                ),
+                Ok(*o),
+                "{}: objective {o:?}",
                 path.display()
             );
         }
+    }
+}
+
+/// The options `taidcache precompute --config FILE` runs with.
+fn resolve_precompute(file: &Path) -> taidcache::Result<taidcache::precompute::PrecomputeOptions> {
+    let cli = Cli::try_resolve_from([
+        OsStr::new("taidcache"),
+        OsStr::new("precompute"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ])?;
+    match cli.command {
+        Command::Precompute(o) => Ok(*o),
+        _ => unreachable!("parsed as precompute"),
+    }
+}
+
+/// The options `taidcache distill --config FILE` runs with.
+fn resolve_distill(file: &Path) -> taidcache::Result<taidcache::distill::DistillOptions> {
+    let cli = Cli::try_resolve_from([
+        OsStr::new("taidcache"),
+        OsStr::new("distill"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ])?;
+    match cli.command {
+        Command::Distill(o) => Ok(*o),
+        _ => unreachable!("parsed as distill"),
     }
 }

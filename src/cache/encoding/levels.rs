@@ -15,6 +15,9 @@
 
 use half::f16;
 
+/// The footer key-value entry listing the log-prob of every level of a v3 shard (a JSON array).
+pub const FOOTER_KEY: &str = "taidcache.logprob_levels";
+
 /// Number of levels: the stored value is a `u8`.
 pub const LEVELS: usize = 256;
 
@@ -42,7 +45,7 @@ pub fn table() -> [f32; LEVELS] {
     std::array::from_fn(|j| logprob_of_level(j) as f32)
 }
 
-/// The footer value of [`super::schema::META_LOGPROB_LEVELS`]: the table as a JSON array.
+/// The footer value of [`FOOTER_KEY`]: the table as a JSON array.
 pub fn footer_value() -> String {
     let items: Vec<String> = table().iter().map(|v| v.to_string()).collect();
     format!("[{}]", items.join(","))

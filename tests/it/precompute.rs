@@ -1,13 +1,11 @@
 //! End to end: tiny teachers of every architecture → precompute → shards, checked against the
 //! dense forward, read by pyarrow, killed and resumed, split over workers.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use candle_core::{DType, Device, Tensor, D};
-use common::*;
 use taidcache::cache::manifest::Manifest;
 use taidcache::model::{Mode, ModelDir};
 use taidcache::precompute::{self, PrecomputeOptions};
@@ -317,7 +315,7 @@ fn bf16_forward_picks_nearly_the_same_top_ids() {
         read_rows(&o.out)
     };
     let mut o = options(&fx, "bf16");
-    o.dtype = "bf16".into();
+    o.dtype = taidcache::model::FloatType::Bf16;
     precompute::run(&o, &mut Vec::new()).unwrap();
     let bf16_rows = read_rows(&o.out);
     let k = o.top_k;

@@ -1,14 +1,12 @@
 //! distill end to end: offline (from a lossless cache) equals online (teacher in process, dense
 //! TAID), a killed run resumes to the same result, bad input is refused clearly.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use candle_core::{DType, Device, Tensor, D};
-use common::*;
-use taidcache::distill::loader::{split_units, Cursor, Loader, LoaderOptions};
+use taidcache::distill::loader::{Cursor, Loader, LoaderOptions};
 use taidcache::distill::optim::{clip_factor, grad_norm, AdamW, AdamWConfig};
 use taidcache::distill::schedule::{LrSchedule, TaidSchedule};
 use taidcache::distill::{self, DistillOptions};
@@ -88,18 +86,13 @@ fn offline_from_a_lossless_cache_equals_online_dense_taid() {
     let student = Student::from_dir(&s.student, opts.seed, &dev).unwrap();
     let manifest =
         taidcache::cache::manifest::Manifest::load(&s.cache.join("manifest.json")).unwrap();
-    let (train, _) = split_units(&s.cache, &manifest, 0.0).unwrap();
+    let cache_handle = taidcache::cache::Cache::new(&s.cache, manifest.clone()).unwrap();
+    let (train, _) = cache_handle.units(0.0).unwrap();
     let lopts = LoaderOptions::train(opts.batch_size, opts.seed);
-    let mut loader = Loader::new(&s.cache, &manifest, &train, lopts, Cursor::default()).unwrap();
+    let mut loader = Loader::new(&cache_handle, &train, lopts, Cursor::default()).unwrap();
     let mut opt = AdamW::new(
         student.params.clone(),
-        AdamWConfig {
-            lr: opts.lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: opts.weight_decay,
-        },
+        AdamWConfig::with_lr_and_decay(opts.lr, opts.weight_decay),
     )
     .unwrap();
     let mut sched = TaidSchedule::new(opts.t_start, opts.t_end, opts.alpha, opts.beta, steps, true);

@@ -1,0 +1,227 @@
+//! [`CacheWriter`]: the one way to write a cache — create it for a teacher identity, or resume
+//! it after a kill, as one worker of `--workers N`; stream shards into it; publish each shard in
+//! the worker's manifest the moment it is durable.
+//!
+//! A cache directory holds only what [`layout`](super::layout) names. On resume, the existing
+//! manifests must describe the same cache (teacher, tokenizer, corpus, packing, top-k, encoding:
+//! [`Manifest::identity_matches`]); the shards they list with the recorded size are kept, and the
+//! leftovers of a killed run — never listed anywhere — are deleted: `manifest.json.tmp` (one
+//! process only: with several, another may be writing it) and this worker's own `.tmp` shards
+//! (another worker may be writing its own).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::batch::ShardBatch;
+use super::layout::{
+    is_cache_entry, shard_file_name, shard_rel_path, tmp_path, unfinished_shard_index,
+    worker_manifest_path, MANIFEST_FILE, SHARDS_DIR, WORKER_MANIFESTS_DIR,
+};
+use super::manifest::{Manifest, ShardEntry};
+use super::merge::merge;
+use super::writer::{ShardWriter, WriteOptions};
+use crate::error::{Error, IoContext, Result};
+
+/// What opening a cache for writing found.
+pub enum Resumed {
+    /// The cache (or this worker's share of it) is already complete: nothing to do.
+    Complete,
+    /// Ready to write the shards [`CacheWriter::pending_shards`] says are still to do.
+    Open(Box<CacheWriter>),
+}
+
+/// Shards and sequences a [`CacheWriter`] wrote in this run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WrittenShards {
+    pub shards: usize,
+    pub sequences: u64,
+}
+
+/// Writes one worker's share of a cache: shard files and the worker's manifest.
+pub struct CacheWriter {
+    dir: PathBuf,
+    manifest_path: PathBuf,
+    manifest: Manifest,
+    write: WriteOptions,
+    /// Shards complete before this run, by index.
+    done: Vec<u64>,
+    open: Option<(u64, ShardWriter)>,
+    written: WrittenShards,
+}
+
+impl CacheWriter {
+    /// Create `dir` as the cache of `identity` (a manifest without shards; its `worker` says
+    /// which share this process writes), or resume it. `write` sets how shards are encoded.
+    pub fn create_or_resume(
+        dir: &Path,
+        identity: Manifest,
+        write: WriteOptions,
+    ) -> Result<Resumed> {
+        let (index, count) = identity.worker.map_or((0, 1), |w| (w.index, w.count));
+        if dir.exists() {
+            for entry in std::fs::read_dir(dir).at(dir)? {
+                let name = entry.at(dir)?.file_name();
+                let name = name.to_string_lossy();
+                if !is_cache_entry(&name) {
+                    return Err(Error::cache(
+                        dir,
+                        format!("holds `{name}`, which is not part of a taidcache cache; choose an empty or new directory"),
+                    ));
+                }
+            }
+        }
+        let shards_dir = dir.join(SHARDS_DIR);
+        std::fs::create_dir_all(&shards_dir).at(&shards_dir)?;
+        if count > 1 {
+            let d = dir.join(WORKER_MANIFESTS_DIR);
+            std::fs::create_dir_all(&d).at(&d)?;
+        }
+        let manifest_path = if count > 1 {
+            worker_manifest_path(dir, index, count)
+        } else {
+            dir.join(MANIFEST_FILE)
+        };
+        // A merged or single-process manifest must describe the same cache, whoever we are.
+        let mut done = BTreeMap::new();
+        for path in [dir.join(MANIFEST_FILE), manifest_path.clone()] {
+            if !path.exists() {
+                continue;
+            }
+            let existing = Manifest::load(&path)?;
+            existing.identity_matches(&identity).map_err(|diff| {
+                Error::cache(
+                    &path,
+                    format!(
+                        "the cache in {} does not match this run ({diff}); a cache holds one teacher, tokenizer, corpus and packing: choose another --out or delete it",
+                        dir.display()
+                    ),
+                )
+            })?;
+            if existing.worker.is_none() && existing.complete {
+                return Ok(Resumed::Complete);
+            }
+            if path == manifest_path {
+                if existing.complete {
+                    return Ok(Resumed::Complete);
+                }
+                for s in existing.shards {
+                    let ok = std::fs::metadata(dir.join(&s.path))
+                        .map(|m| m.len() == s.bytes)
+                        .unwrap_or(false);
+                    if ok {
+                        done.insert(s.index, s);
+                    }
+                }
+            }
+        }
+        let manifest_tmp = tmp_path(&dir.join(MANIFEST_FILE));
+        if count == 1 && manifest_tmp.exists() {
+            std::fs::remove_file(&manifest_tmp).at(&manifest_tmp)?;
+        }
+        for entry in std::fs::read_dir(&shards_dir).at(&shards_dir)? {
+            let path = entry.at(&shards_dir)?.path();
+            let ours = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(unfinished_shard_index)
+                .is_some_and(|i| i % count as u64 == index as u64);
+            if ours {
+                std::fs::remove_file(&path).at(&path)?;
+            }
+        }
+        let mut manifest = identity;
+        manifest.complete = false;
+        manifest.shards = done.into_values().collect();
+        Ok(Resumed::Open(Box::new(CacheWriter {
+            dir: dir.to_path_buf(),
+            manifest_path,
+            done: manifest.shards.iter().map(|s| s.index).collect(),
+            manifest,
+            write,
+            open: None,
+            written: WrittenShards::default(),
+        })))
+    }
+
+    /// Shards found complete from an earlier run.
+    pub fn resumed_shards(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Which shards are this worker's and still to be written, as a test another thread (the
+    /// one that packs the corpus) can own.
+    pub fn pending_shards(&self) -> impl Fn(u64) -> bool + Send + Sync + 'static {
+        let (index, count) = self.manifest.worker.map_or((0, 1), |w| (w.index, w.count));
+        let done = self.done.clone();
+        move |shard| shard % count as u64 == index as u64 && done.binary_search(&shard).is_err()
+    }
+
+    /// This run's manifest (identity and the shards published so far).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Append rows to shard `shard`, starting its file with the first rows.
+    pub fn write_rows(&mut self, shard: u64, rows: &ShardBatch) -> Result<()> {
+        if self.open.as_ref().map(|(s, _)| *s) != Some(shard) {
+            let path = self.dir.join(SHARDS_DIR).join(shard_file_name(shard));
+            let w = ShardWriter::create(&path, rows.seq_len, rows.k, &self.write)?;
+            self.open = Some((shard, w));
+        }
+        self.written.sequences += rows.rows() as u64;
+        match self.open.as_mut() {
+            Some((_, w)) => w.write(rows),
+            None => Err(Error::Internal("no shard open".into())),
+        }
+    }
+
+    /// Make shard `shard` durable under its final name and publish it in the manifest.
+    pub fn finish_shard(&mut self, shard: u64) -> Result<()> {
+        let Some((s, w)) = self.open.take() else {
+            return Err(Error::Internal(format!(
+                "shard {shard} ended before it started"
+            )));
+        };
+        if s != shard {
+            return Err(Error::Internal(format!(
+                "shard {shard} ended while shard {s} was open"
+            )));
+        }
+        let entry = ShardEntry {
+            index: shard,
+            path: shard_rel_path(shard),
+            ..w.finish()?
+        };
+        let shards = &mut self.manifest.shards;
+        shards.retain(|e| e.index != shard);
+        shards.push(entry);
+        shards.sort_by_key(|e| e.index);
+        self.manifest.save_atomic(&self.manifest_path)?;
+        self.written.shards += 1;
+        Ok(())
+    }
+
+    /// Mark this worker's share complete (the corpus packs into `total_sequences`).
+    pub fn finish(mut self, total_sequences: u64) -> Result<(Manifest, WrittenShards)> {
+        if let Some((shard, _)) = &self.open {
+            return Err(Error::Internal(format!("shard {shard} was never finished")));
+        }
+        self.manifest.total_sequences = Some(total_sequences);
+        self.manifest.complete = true;
+        self.manifest.save_atomic(&self.manifest_path)?;
+        Ok((self.manifest, self.written))
+    }
+}
+
+/// When every one of the `workers` manifests of `dir` is complete, write the combined
+/// `manifest.json` and return true; false while some worker is still running.
+pub fn merge_when_complete(dir: &Path, workers: usize) -> Result<bool> {
+    for i in 0..workers {
+        let path = worker_manifest_path(dir, i, workers);
+        if !path.exists() || !Manifest::load(&path)?.complete {
+            return Ok(false);
+        }
+    }
+    merge(dir)?;
+    Ok(true)
+}

@@ -1,0 +1,255 @@
+//! Checks of a cache's contents that do not trust the manifest or the shards: a shard file
+//! against its manifest entry ([`check_shard_file`]) and every position against the format's
+//! invariants ([`PositionChecker`]). `verify` runs both over a whole cache; anything else that
+//! must trust a shard calls them too.
+
+use std::path::Path;
+
+use super::batch::ShardBatch;
+use super::encoding::{Codec, Encoding};
+use super::open::Cache;
+use super::reader::ShardReader;
+use super::schema;
+use crate::error::{Error, Result};
+use crate::hash::xxh3_file;
+
+/// Check shard `i` of `cache` as a file: present with the recorded size and xxh3, its footer
+/// agreeing with the manifest (format version, k, vocab, seq_len) and holding the recorded
+/// rows. Returns the open reader. Errors are [`Error::Cache`] naming the shard file.
+pub fn check_shard_file(cache: &Cache, i: usize) -> Result<ShardReader> {
+    let m = cache.manifest();
+    let entry = &m.shards[i];
+    let path = cache.shard_path(i);
+    let file_err = |msg: String| Error::cache(&path, msg);
+    let size = match std::fs::metadata(&path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(file_err("listed in manifest.json but missing".into()))
+        }
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if size != entry.bytes {
+        return Err(file_err(format!(
+            "{size} bytes on disk, manifest.json records {}",
+            entry.bytes
+        )));
+    }
+    let hash = xxh3_file(&path)?;
+    if hash != entry.xxh3 {
+        return Err(file_err(format!(
+            "content hash xxh3 {hash}, manifest.json records {}: the file is corrupt or \
+             was replaced",
+            entry.xxh3
+        )));
+    }
+    let reader = ShardReader::open(&path)?;
+    let footer = [
+        (schema::META_FORMAT_VERSION, m.format_version.to_string()),
+        (schema::META_TOP_K, m.top_k.to_string()),
+        (schema::META_VOCAB_SIZE, m.vocab_size.to_string()),
+        (schema::META_SEQ_LEN, m.packing.seq_len.to_string()),
+    ];
+    for (key, expected) in footer {
+        let found = reader.key_value(key);
+        if found.as_deref() != Some(expected.as_str()) {
+            return Err(file_err(format!(
+                "footer metadata {key} is {}, manifest.json says {expected}",
+                found.map_or("missing".to_string(), |v| format!("{v:?}"))
+            )));
+        }
+    }
+    if reader.num_rows() as u64 != entry.rows {
+        return Err(file_err(format!(
+            "{} rows, manifest.json records {}",
+            reader.num_rows(),
+            entry.rows
+        )));
+    }
+    Ok(reader)
+}
+
+/// Per-position checks of `verify`, with a reusable seen-ids bitset.
+pub struct PositionChecker {
+    k: usize,
+    vocab: usize,
+    seen: Vec<u64>,
+    /// What the positions must look like: log-probs descending (plain, steps) or ids ascending
+    /// (compact), and how far quantization may move each probability beyond f16 rounding.
+    codec: Codec,
+}
+
+impl PositionChecker {
+    /// A checker of plain (format v1) positions.
+    pub fn new(k: usize, vocab: usize) -> Self {
+        Self::for_codec(k, vocab, Codec::for_writing(Encoding::Plain))
+    }
+
+    /// A checker of positions decoded by `codec`.
+    pub fn for_codec(k: usize, vocab: usize, codec: Codec) -> Self {
+        PositionChecker {
+            k,
+            vocab,
+            seen: vec![0; vocab.div_ceil(64)],
+            codec,
+        }
+    }
+
+    /// Check the rows of `b`, which are rows `row0..` of the shard whose first seq id is
+    /// `seq_id_start`.
+    pub fn check_rows(
+        &mut self,
+        b: &ShardBatch,
+        seq_id_start: u64,
+        row0: usize,
+        path: &Path,
+    ) -> Result<()> {
+        let (s, k) = (b.seq_len, self.k);
+        for r in 0..b.rows() {
+            let row = row0 + r;
+            let fail = |msg: String| Error::Verify {
+                path: path.to_path_buf(),
+                row,
+                msg,
+            };
+            let expected = seq_id_start + row as u64;
+            if b.seq_ids[r] != expected {
+                return Err(fail(format!(
+                    "seq_id {}, manifest.json's range gives {expected}",
+                    b.seq_ids[r]
+                )));
+            }
+            for i in 0..s {
+                let p = r * s + i;
+                self.check_position(b, p, k)
+                    .map_err(|msg| fail(format!("position {i}: {msg}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn check_position(
+        &mut self,
+        b: &ShardBatch,
+        p: usize,
+        k: usize,
+    ) -> std::result::Result<(), String> {
+        let input = b.input_ids[p];
+        if input as usize >= self.vocab {
+            return Err(format!("input id {input} >= vocab_size {}", self.vocab));
+        }
+        let ids = &b.topk_ids[p * k..(p + 1) * k];
+        let lps = &b.topk_logprobs[p * k..(p + 1) * k];
+        let tau = b.tail_logmass[p];
+        let ids_ascending = self.codec.encoding().sorted_by_id();
+        let mut result = Ok(());
+        for (j, &id) in ids.iter().enumerate() {
+            if ids_ascending && j > 0 && id <= ids[j - 1] {
+                result = Err(format!(
+                    "topk_id_gaps: ids not ascending: [{}] = {} >= [{j}] = {id}",
+                    j - 1,
+                    ids[j - 1]
+                ));
+                break;
+            }
+            if id as usize >= self.vocab {
+                result = Err(format!("topk_ids[{j}] = {id} >= vocab_size {}", self.vocab));
+                break;
+            }
+            let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+            if self.seen[word] & bit != 0 {
+                result = Err(format!("topk_ids[{j}] = {id} appears twice"));
+                break;
+            }
+            self.seen[word] |= bit;
+        }
+        for &id in ids.iter().filter(|&&id| (id as usize) < self.vocab) {
+            self.seen[id as usize / 64] = 0;
+        }
+        result?;
+
+        let mut mass = 0.0f64;
+        let mut spread = 0.0f64;
+        // Bound on Σ |p − p̂| from quantization beyond f16 rounding: none for plain, every
+        // log-prob within half a step for steps, each p within its level's bound for compact.
+        let mut quantization = 0.0f64;
+        let mut prev = f32::INFINITY;
+        for (j, l) in lps.iter().enumerate() {
+            let l = l.to_f32();
+            if !l.is_finite() {
+                return Err(format!("topk_logprobs[{j}] = {l} is not finite"));
+            }
+            if !ids_ascending && l > prev {
+                return Err(format!(
+                    "topk_logprobs not descending: [{}] = {prev} < [{j}] = {l}",
+                    j - 1
+                ));
+            }
+            prev = l;
+            let pr = f64::from(l).exp();
+            mass += pr;
+            spread += pr * f64::from(l).abs();
+            quantization += self.codec.error_bound(pr);
+        }
+        let nothing_dropped = k == self.vocab && tau == f32::NEG_INFINITY;
+        if !(tau.is_finite() || nothing_dropped) || tau > 0.0 {
+            return Err(format!(
+                "tail_logmass = {tau}, expected finite and <= 0{}",
+                if k == self.vocab {
+                    " (or -inf when k = vocab)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let total = mass + f64::from(tau).exp();
+        let tol = 1e-4 + spread / 1024.0 + quantization;
+        if (total - 1.0).abs() > tol {
+            return Err(format!(
+                "top-k mass {mass:.6} + tail mass {:.6} = {total:.6}, not 1 within {tol:.2e}",
+                f64::from(tau).exp()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    #[test]
+    fn verify_of_a_compact_cache_wants_ascending_ids() {
+        let mut checker = PositionChecker::for_codec(3, 10, Codec::for_writing(Encoding::Compact));
+        let mut b = ShardBatch::new(1, 3);
+        b.seq_ids.push(0);
+        b.input_ids.push(1);
+        b.loss_mask.push(true);
+        b.topk_ids.extend([2, 7, 5]);
+        b.topk_logprobs
+            .extend([0.5f64, 0.3, 0.15].map(|p| f16::from_f64(p.ln())));
+        b.tail_logmass.push(0.05f32.ln());
+        let err = checker.check_position(&b, 0, 3).unwrap_err();
+        assert!(err.contains("not ascending: [1] = 7 >= [2] = 5"), "{err}");
+        b.topk_ids[1..].copy_from_slice(&[5, 7]);
+        checker.check_position(&b, 0, 3).unwrap();
+    }
+
+    #[test]
+    fn verify_tolerance_accepts_f16_rounding_but_not_a_one_percent_error() {
+        let mut checker = PositionChecker::new(2, 10);
+        let mut b = ShardBatch::new(1, 2);
+        b.seq_ids.push(0);
+        b.input_ids.push(1);
+        b.loss_mask.push(true);
+        b.topk_ids.extend([3, 4]);
+        // p = 0.6, 0.3 rounded to f16; the tail from the unrounded values.
+        b.topk_logprobs
+            .extend([f16::from_f64(0.6f64.ln()), f16::from_f64(0.3f64.ln())]);
+        b.tail_logmass.push(0.1f32.ln());
+        checker.check_position(&b, 0, 2).unwrap();
+        b.tail_logmass[0] = 0.11f32.ln();
+        let err = checker.check_position(&b, 0, 2).unwrap_err();
+        assert!(err.contains("= 1.01"), "{err}");
+    }
+}

@@ -1,0 +1,214 @@
+//! The options of `taidcache distill`: each defined once, here — its flag, help text and
+//! default (clap), and its key in a pipeline file's `[distill]` table (serde).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::objectives::{LossConfig, Objective};
+use super::targets::TailMode;
+use crate::error::{Error, Result};
+use crate::model::{DeviceSpec, FloatType};
+
+/// What feeds TAID's adaptive update: the KL of Eq. 2 (default) or the cross-entropy −Σ p_t log q.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdaptiveSignal {
+    Kl,
+    Ce,
+}
+
+/// Everything `taidcache distill` needs. Every flag may also be set in the `[distill]` table of
+/// `--config`; a flag given on the command line wins over the file, and `--steps` on the command
+/// line replaces the file's `epochs` (and the other way round).
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct DistillOptions {
+    /// Cache directory written by `precompute`.
+    #[arg(long, value_name = "CACHE", default_value = "", hide_default_value = true, value_parser = crate::config::path_arg)]
+    pub cache: PathBuf,
+    /// Student: a Hugging Face directory with weights (pretrained init), or with config.json alone (seeded random init).
+    #[arg(long, value_name = "DIR", default_value = "", hide_default_value = true, value_parser = crate::config::path_arg)]
+    pub student: PathBuf,
+    /// Run directory: metrics.jsonl, checkpoints/step-N/, final/.
+    #[arg(long, value_name = "RUN", default_value = "", hide_default_value = true, value_parser = crate::config::path_arg)]
+    pub out: PathBuf,
+    /// Training objective.
+    #[arg(long, value_enum, default_value_t = Objective::Taid)]
+    pub objective: Objective,
+    /// Optimizer steps (or give --epochs).
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Passes over the training split (may be fractional).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// AdamW decoupled weight decay, on matrices only.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value; 0 turns clipping off.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// TAID: initial interpolation t.
+    #[arg(long, default_value_t = 0.4)]
+    pub t_start: f64,
+    /// TAID: final interpolation t.
+    #[arg(long, default_value_t = 1.0)]
+    pub t_end: f64,
+    /// TAID: step size of the adaptive t update.
+    #[arg(long, default_value_t = 5e-4)]
+    pub alpha: f64,
+    /// TAID: momentum of the adaptive t update.
+    #[arg(long, default_value_t = 0.99)]
+    pub beta: f64,
+    /// TAID: loss that drives the adaptive t update.
+    #[arg(long, value_enum, default_value_t = AdaptiveSignal::Kl)]
+    pub adaptive_signal: AdaptiveSignal,
+    /// How the teacher is completed beyond its cached top-k.
+    #[arg(long, value_enum, default_value_t = TailMode::Student)]
+    pub tail: TailMode,
+    /// λ of skew-kl, skew-rkl and gjs.
+    #[arg(long, default_value_t = 0.1)]
+    pub lambda: f32,
+    /// Weight of the next-token cross-entropy added to the objective.
+    #[arg(long, default_value_t = 0.0)]
+    pub ce_weight: f32,
+    /// Seed of the random init and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Evaluate every N steps; 0: only at the end.
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Checkpoint every N steps; 0: never (final/ is always written).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: u64,
+    /// Fraction of the cache's sequences (the last ones, in sequence order) held out for evaluation.
+    #[arg(long, default_value_t = 0.0)]
+    pub eval_fraction: f64,
+    /// A separate cache to evaluate on (instead of --eval-fraction).
+    #[arg(long, value_name = "CACHE")]
+    pub eval_cache: Option<PathBuf>,
+    /// dtype of the saved student (training keeps f32 master weights).
+    #[arg(long, value_enum, default_value_t = FloatType::F32)]
+    pub save_dtype: FloatType,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
+    /// Pipeline config (TOML) whose [distill] table sets the flags not given here.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Draw a progress bar on stderr when it is a terminal (not a flag).
+    #[arg(skip = true)]
+    #[serde(default = "yes", skip_serializing)]
+    pub progress: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for DistillOptions {
+    /// Every option at its default (the flags' defaults), the required paths empty.
+    fn default() -> Self {
+        crate::config::clap_defaults()
+    }
+}
+
+impl DistillOptions {
+    /// Options with every default and the three required paths.
+    pub fn new(
+        cache: impl Into<PathBuf>,
+        student: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            cache: cache.into(),
+            student: student.into(),
+            out: out.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The flags a run cannot go without, for [`crate::config::require`].
+    pub const REQUIRED: [&'static str; 3] = ["cache", "student", "out"];
+
+    /// The loss settings of these options at interpolation `t`.
+    pub fn loss_config(&self, t: f64) -> LossConfig {
+        LossConfig {
+            objective: self.objective,
+            tail: self.tail,
+            t: t as f32,
+            lambda: self.lambda,
+            ce_weight: self.ce_weight,
+        }
+    }
+
+    /// Check the options a run cannot start with, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == Some(0) {
+            return Err(Error::flag("--steps", "must be at least 1"));
+        }
+        if let Some(e) = self.epochs {
+            if !(e > 0.0 && e.is_finite()) {
+                return Err(Error::flag(
+                    "--epochs",
+                    format!("{e} is not a positive number"),
+                ));
+            }
+        }
+        if self.steps.is_none() && self.epochs.is_none() {
+            return Err(Error::flag("--steps", "give --steps N or --epochs E"));
+        }
+        for (flag, v) in [
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+        ] {
+            if v == 0 {
+                return Err(Error::flag(flag, "must be at least 1"));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::flag(
+                "--lr",
+                format!("{} is not a positive learning rate", self.lr),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.t_start)
+            || !(0.0..=1.0).contains(&self.t_end)
+            || self.t_start > self.t_end
+        {
+            return Err(Error::flag(
+                "--t-start",
+                format!(
+                    "need 0 ≤ t_start ≤ t_end ≤ 1, found {} and {}",
+                    self.t_start, self.t_end
+                ),
+            ));
+        }
+        self.loss_config(self.t_start)
+            .validate()
+            .map_err(|msg| Error::flag("--objective", msg))?;
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return Err(Error::flag(
+                "--eval-fraction",
+                format!("{} is not in [0, 1)", self.eval_fraction),
+            ));
+        }
+        Ok(())
+    }
+}
