@@ -26,7 +26,8 @@ mod results;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
-use taidcache::precompute::topk::{row_max, topk_row, topk_row_by_sort, topk_rows};
+use taidcache::precompute::topk::bench::{row_max, topk_row, topk_row_by_sort};
+use taidcache::precompute::topk::topk_rows;
 use taidcache::testing::llm_like_logits;
 
 const ROWS: usize = 256;
