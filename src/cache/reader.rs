@@ -2,8 +2,8 @@
 //!
 //! The file is mapped, not read: Parquet's reader gets the map as [`bytes::Bytes`]
 //! (`Bytes::from_owner`), so column chunks are sliced out of the page cache without copying the
-//! file. Opening a shard parses only its footer and checks that the schema is v1 for the top-k
-//! the footer names.
+//! file. Opening a shard parses only its footer and checks that the schema is its format's (v1,
+//! v2 or v3; decoded through one [`Codec`]) for the top-k the footer names.
 //!
 //! # Memory usage
 //!
@@ -31,7 +31,7 @@ use super::encoding::{Codec, Encoding, Values};
 use super::schema::{self, check_schema_for, top_k_of};
 use crate::error::{Error, IoContext, Result};
 
-/// An open, memory-mapped v1 shard. Cheap to share across threads (`&self` reads).
+/// An open, memory-mapped shard of any format this build reads. Cheap to share across threads (`&self` reads).
 #[derive(Debug)]
 pub struct ShardReader {
     path: PathBuf,
@@ -44,8 +44,9 @@ pub struct ShardReader {
 }
 
 impl ShardReader {
-    /// Map `path`, parse its footer, and check it is a v1 shard: format version, top-k and
-    /// seq_len in the footer metadata, and the schema equal to `arrow_schema(top_k)`.
+    /// Map `path`, parse its footer, and check it is a shard of a format this build reads:
+    /// format version, top-k and seq_len in the footer metadata, the encoding's footer entries,
+    /// and the schema equal to the format's for that top-k.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).at(path)?;
         // SAFETY: shards are immutable once renamed into place (the writer never reopens them).
@@ -288,7 +289,7 @@ impl Columns<'_> {
     fn no_nulls(&self, array: &dyn Array, col: &str) -> Result<()> {
         match array.null_count() {
             0 => Ok(()),
-            n => Err(self.err(col, format!("{n} null values; v1 values are never null"))),
+            n => Err(self.err(col, format!("{n} null values; shard values are never null"))),
         }
     }
 

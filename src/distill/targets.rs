@@ -4,7 +4,7 @@
 //! A completed target is never materialized as a `[vocab]` vector. It is kept as explicit
 //! log-probabilities on `K` plus an affine rule for every tail id `y ∉ K`:
 //! `log p(y) = a + b·s_y`, with `s` the student's logits. Every mode of `--tail` and every
-//! `t` has that form (DESIGN.md, "Sparse TAID"):
+//! `t` has that form (the project's design notes, `shared/DESIGN.md`, "Sparse TAID"):
 //!
 //! | tail | teacher `ẑ_y`, `y ∉ K` | TAID tail `(1−t)·s_y + t·ẑ_y` | `b` |
 //! |---|---|---|---|
@@ -271,7 +271,7 @@ mod tests {
         assert!((st.tail_sum_s - tail.iter().sum::<f64>()).abs() < 1e-9);
     }
 
-    /// The dense completion of DESIGN.md, written out per id, against the sparse rule.
+    /// The dense completion of `shared/DESIGN.md`, written out per id, against the sparse rule.
     #[test]
     fn sparse_target_equals_the_dense_completion_in_every_mode() {
         let (vocab, k) = (200, 12);

@@ -79,7 +79,7 @@ impl Case {
         }
     }
 
-    /// The completed target of DESIGN.md written out densely: log p over the vocabulary.
+    /// The completed target of `shared/DESIGN.md` written out densely: log p over the vocabulary.
     fn dense_target(&self, p: usize, mode: TailMode, t: f64, s: &[f64]) -> Vec<f64> {
         let v = self.vocab;
         let ids = &self.ids[p * self.k..(p + 1) * self.k];

@@ -223,7 +223,7 @@ fn rank_keys_order_like_the_selection_and_round_trip() {
 /// straddle a cut (the smaller id must win).
 #[test]
 fn every_kernel_equals_the_full_sort_when_the_pool_is_cut_many_times() {
-    let mut normal = crate::testing::Normal::new(21);
+    let mut normal = crate::model::init::Normal::new(21);
     let flat: Vec<f32> = (0..32_000).map(|_| normal.sample()).collect();
     let rising: Vec<f32> = (0..5_000).map(|i| i as f32 * 1e-3).collect();
     // Values on a grid of 16 levels: each level holds ~190 equal logits.
