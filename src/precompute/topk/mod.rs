@@ -6,34 +6,34 @@
 //! `log Σ_{y∉K} softmax(x)_y` summed over the tail elements themselves (never `1 - Σ top-k`,
 //! which loses everything when the tail is tiny).
 //!
-//! The row is read once, in chunks of [`CHUNK`] elements that stay in L1 ([`driver`]):
+//! The row is read once, in chunks of `CHUNK` elements that stay in L1 (`driver.rs`):
 //!
 //! - every element `x ≤ thr` (the k-th value of the k best so far, as it stood at the start of
 //!   the chunk) is certainly in the tail, since `thr` only grows: `exp(x − M)` is added into f32
 //!   lanes, where `M` is the running maximum (the tail sum is rescaled on the rare new maximum),
-//!   and the lanes are folded into an f64 total every [`FOLD`] chunks;
+//!   and the lanes are folded into an f64 total every `FOLD` chunks;
 //! - the few elements above it are found by mask bits and appended to a pool behind the k best;
-//!   every [`pass::POOL_EXTRA`] candidates the pool is cut back to k (`select_nth_unstable`),
-//!   the rest joins the tail and `thr` rises to the new k-th value ([`pass::Pass`]).
+//!   every `pass::POOL_EXTRA` candidates the pool is cut back to k (`select_nth_unstable`),
+//!   the rest joins the tail and `thr` rises to the new k-th value (`pass::Pass`).
 //!
 //! The files, by what they own:
 //!
 //! - `mod.rs`: the stage's entry point [`topk_rows`] and the run-time choice of kernel;
-//! - [`pass`]: one row's scalar state between chunks (the pool of rank keys, the threshold, the
+//! - `pass.rs`: one row's scalar state between chunks (the pool of rank keys, the threshold, the
 //!   running maximum and the f64 tail), the normalization and the exact tail for tiny tails;
-//! - [`driver`]: the one chunk loop, generic over the [`driver::Lanes`] a kernel supplies;
-//! - [`portable`], [`avx2`], [`avx512`]: only those lane operations (load, minimum, compare
+//! - `driver.rs`: the one chunk loop, generic over the `driver::Lanes` a kernel supplies;
+//! - `portable.rs`, `avx2.rs`, `avx512.rs`: only those lane operations (load, minimum, compare
 //!   mask, masked accumulate, `exp`), each kernel's entry point instantiating the driver;
-//! - [`bench`]: what `benches/topk.rs` and the tests call that is not the stage's API.
+//! - `bench.rs`: what `benches/topk.rs` and the tests call that is not the stage's API.
 //!
 //! The kernel is picked at run time, the widest the CPU runs:
 //!
-//! - AVX-512F ([`avx512::topk_row`]): a table-driven `exp` (2^(j/32) from 32 entries in two
+//! - AVX-512F (`avx512::topk_row`): a table-driven `exp` (2^(j/32) from 32 entries in two
 //!   registers, a degree-2 polynomial, the exponent added as an integer; relative error below
 //!   2e-6 on `[-87, 0]`) and one mask compare per 16 logits for the candidates;
-//! - AVX2 + FMA ([`avx2::topk_row`]): Cody–Waite + degree-5 polynomial ([`portable::exp_le0`]
+//! - AVX2 + FMA (`avx2::topk_row`): Cody–Waite + degree-5 polynomial (`portable::exp_le0`
 //!   on 8 lanes, relative error below 3e-7) and one compare mask per 8 logits;
-//! - portable ([`portable::topk_row`]): the lane operations as plain loops over arrays that the
+//! - portable (`portable::topk_row`): the lane operations as plain loops over arrays that the
 //!   compiler vectorizes, for baseline x86-64 and other targets.
 //!
 //! Why intrinsics and not the portable loop compiled for each feature set, and what each step
@@ -43,7 +43,7 @@
 //!
 //! Unsafe code follows one convention. A kernel's entry point is an `unsafe fn` compiled with
 //! `#[target_feature]`; its contract is that the CPU has those features, and only
-//! [`topk_row`]'s dispatch calls it, after `is_x86_feature_detected!`. The lane operations are
+//! `topk_row`'s dispatch calls it, after `is_x86_feature_detected!`. The lane operations are
 //! safe methods of a type that only a `#[target_feature]` constructor makes, so a value of it is
 //! the proof that the intrinsics it calls run on this CPU; each `unsafe` block around them says
 //! so in its `// SAFETY:` comment, next to any pointer argument's bounds.
