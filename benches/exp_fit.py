@@ -1,4 +1,4 @@
-"""Fit the polynomial of taidcache's vector exp (src/precompute/topk.rs, `exp_le0`).
+"""Fit the polynomial of taidcache's vector exp (src/precompute/topk/portable.rs, `exp_le0`).
 
 exp(r) = 1 + r + r^2 * p(r) on [-ln2/2, ln2/2] with p of degree 3, fitted by iteratively
 reweighted least squares on the relative error of exp (a near-minimax fit), then evaluated in
