@@ -260,9 +260,7 @@ pub struct Trainer {
     opt: AdamW,
     state: TrainerState,
     lr: LrSchedule,
-    objective: Objective,
-    adaptive_signal: AdaptiveSignal,
-    max_grad_norm: f64,
+    /// The run's options: objective, tail, λ, clipping, the adaptive signal.
     opts: DistillOptions,
     /// The last checkpoint written or resumed from, for the message of a diverged run.
     last_checkpoint: Option<PathBuf>,
@@ -298,9 +296,6 @@ impl Trainer {
                 total_steps,
                 min_lr_ratio: 0.0,
             },
-            objective: opts.objective,
-            adaptive_signal: opts.adaptive_signal,
-            max_grad_norm: opts.max_grad_norm,
             opts: opts.clone(),
             last_checkpoint: None,
         })
@@ -336,7 +331,7 @@ impl Trainer {
         let cfg = self.opts.loss_config(t);
         let normalizer: usize = micro
             .iter()
-            .map(|b| count_positions(&b.data, self.objective))
+            .map(|b| count_positions(&b.data, self.opts.objective))
             .sum();
         let mut grads = None;
         let mut stats = StepStats::default();
@@ -344,7 +339,7 @@ impl Trainer {
             let o = micro_batch(&self.student, &b.data, &cfg, normalizer, &mut grads)?;
             stats.add(&o);
         }
-        let loss = stats.loss(self.objective);
+        let loss = stats.loss(self.opts.objective);
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 step: self.state.step + 1,
@@ -357,14 +352,14 @@ impl Trainer {
         let lr = self.lr.lr(self.state.step);
         self.opt.set_lr(lr);
         self.opt
-            .step(&grads, clip_factor(grad_norm, self.max_grad_norm))?;
+            .step(&grads, clip_factor(grad_norm, self.opts.max_grad_norm))?;
         self.state.step += 1;
         self.state.tokens += micro
             .iter()
             .map(|b| b.data.input_ids.len() as u64)
             .sum::<u64>();
         self.state.cursor = micro.last().map_or(self.state.cursor, |b| b.cursor);
-        self.state.schedule.update(match self.adaptive_signal {
+        self.state.schedule.update(match self.opts.adaptive_signal {
             AdaptiveSignal::Kl => loss,
             AdaptiveSignal::Ce => stats.xent(),
         });
