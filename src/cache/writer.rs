@@ -59,7 +59,7 @@ const TOPK_IDS_DICTIONARY_BYTES: usize = 4 << 20;
 
 /// Data page size of the v2 and v3 encodings' top-k columns: zstd compresses each page on its own,
 /// and pages of a whole row group let its entropy coder learn the byte planes once (the 1 MiB
-/// default costs 5–25% on these columns).
+/// default is larger on these columns; the figure is in `docs/performance.md`).
 const COMPACT_PAGE_BYTES: usize = 16 << 20;
 
 /// Raw (uncompressed) bytes of one row group the reader should decode at a time.
@@ -254,29 +254,27 @@ impl ShardWriter {
     }
 }
 
-/// The Parquet properties of a v1 shard. Measured on synthetic Zipf-distributed ids (k = 50,
-/// S = 2048, vocab 32,000 and 151,936; numbers in `schemas/v1/README.md`), and checked to read
-/// back exactly in pyarrow 26, DuckDB 2.0 and polars 2.1:
+/// The Parquet properties of a shard, chosen by size on synthetic Zipf-distributed ids (k = 50,
+/// S = 2048, vocabularies of 32,000 and 151,936) and checked to read back exactly in pyarrow,
+/// DuckDB and polars; the measured sizes of every alternative are in `schemas/v1/README.md`:
 ///
 /// - zstd at `opts.zstd_level` on every column; data pages v1, whose repetition and definition
-///   levels are compressed with the values (v2 pages store them raw: about 5 bytes per position
-///   for each `list<fixed_size_list>` column; 198.6 → 188.7 B/token plain and 120.4 → 110.5
-///   compact on the synthetic source of `benches/storage.rs`).
-/// - `topk_ids`: dictionary (fallback PLAIN), 9–12% smaller than PLAIN and 13% smaller than the
-///   v2 default DELTA_BINARY_PACKED.
+///   levels are compressed with the values (v2 pages store them raw).
+/// - `topk_ids`: dictionary (fallback PLAIN), smaller than PLAIN and than the v2 default
+///   DELTA_BINARY_PACKED.
 /// - `topk_logprobs` (float16, stored as 2-byte FIXED_LEN_BYTE_ARRAY): PLAIN. The v2 default
-///   DELTA_BYTE_ARRAY is 5% larger, makes writing a shard 1.7× slower, and polars cannot read it;
-///   BYTE_STREAM_SPLIT is 16% smaller but DuckDB cannot read it on this type.
-/// - `tail_logmass` (float32): BYTE_STREAM_SPLIT, 7% smaller than PLAIN, read everywhere.
+///   DELTA_BYTE_ARRAY is larger, slower to write and unreadable by polars; BYTE_STREAM_SPLIT is
+///   smaller but DuckDB cannot read it on this type.
+/// - `tail_logmass` (float32): BYTE_STREAM_SPLIT, smaller than PLAIN, read everywhere.
 /// - `input_ids`: PLAIN (smaller than dictionary or delta); `seq_id`: DELTA_BINARY_PACKED.
 /// - Statistics only on `seq_id` (the one column worth filtering on).
 ///
 /// The steps encoding (format v2) differs in two columns: `topk_ids` BYTE_STREAM_SPLIT (the
 /// four byte planes of the ids apart, so zstd's entropy coder sees the skewed high bytes on
-/// their own; 20–25% smaller than the dictionary on 151,936-token vocabularies, see
-/// `benches/storage.rs`), and `topk_logprob_steps` (u8 steps) BYTE_STREAM_SPLIT too. The
-/// compact encoding (format v3) stores `topk_id_gaps` and `topk_logprob_levels` the same way:
-/// the gaps' byte planes are small numbers in the low planes and zeros above.
+/// their own; smaller than the dictionary on large vocabularies, `benches/storage.rs`), and
+/// `topk_logprob_steps` (u8 steps) BYTE_STREAM_SPLIT too. The compact encoding (format v3)
+/// stores `topk_id_gaps` and `topk_logprob_levels` the same way: the gaps' byte planes are
+/// small numbers in the low planes and zeros above.
 fn writer_properties(
     schema: &Schema,
     seq_len: usize,

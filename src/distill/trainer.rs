@@ -107,12 +107,11 @@ pub fn micro_batch(
     let mut out = LossOutput::default();
     let mut grad_h = Vec::new();
     let mut grad_w: Option<Tensor> = None;
-    let mut grad = Vec::new();
+    // Zeroed by the allocator (calloc): the pages of positions the loss never writes (masked
+    // ones) are never touched, which keeps them out of the resident set.
+    let mut grad = vec![0f32; chunk_rows(vocab).min(b * s) * vocab];
     for_each_chunk(&hd, &w, data, vocab, |hc, chunk| {
-        let g = {
-            grad.resize(chunk.positions() * vocab, 0.0);
-            &mut grad[..]
-        };
+        let g = &mut grad[..chunk.positions() * vocab];
         out += objectives::loss_and_grad(cfg, &chunk, g);
         for x in g.iter_mut() {
             *x *= scale;
@@ -160,6 +159,11 @@ pub fn micro_batch(
     Ok(out)
 }
 
+/// Positions per chunk of logits at `vocab`: at most [`LOSS_CHUNK_BYTES`] of f32, at least one.
+fn chunk_rows(vocab: usize) -> usize {
+    (LOSS_CHUNK_BYTES / 4 / vocab).max(1)
+}
+
 /// The one loop over a batch's positions in chunks of at most [`LOSS_CHUNK_BYTES`] of logits:
 /// `f(hidden_chunk, chunk)` gets each chunk's hidden states `[n, hidden]` and its logits
 /// (`hidden_chunk · wᵀ`, on the host) with their sparse teacher records. `hidden`:
@@ -176,7 +180,7 @@ fn for_each_chunk(
     let logprobs: Vec<f32> = data.topk_logprobs.iter().map(|x| x.to_f32()).collect();
     let labels = labels(data);
     let wt = w.t().ctx("lm_head")?;
-    let rows = (LOSS_CHUNK_BYTES / 4 / vocab).max(1);
+    let rows = chunk_rows(vocab);
     let mut start = 0;
     while start < positions {
         let n = rows.min(positions - start);
