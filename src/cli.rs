@@ -22,8 +22,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a teacher over a corpus once and cache its top-k next-token log-probabilities.
+    #[command(allow_negative_numbers = true)]
     Precompute(Box<PrecomputeOptions>),
     /// Train a student from a cache with sparse TAID (or a baseline objective).
+    #[command(allow_negative_numbers = true)]
     Distill(Box<DistillOptions>),
     /// Draw loss, t and held-out KL against steps for one or more distill runs.
     Plot(PlotArgs),

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", taidcache::config::one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -35,18 +35,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// A command-line error as one sentence: clap's message with its hints (possible values, a
-/// similar flag) on the same line, without the usage and `--help` lines.
-fn one_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    text.lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
-        })
-        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("; ")
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::objectives::{LossConfig, Objective};
 use super::targets::TailMode;
+use crate::config::bounds::{self, Bounds};
 use crate::error::{Error, Result};
 use crate::model::{DeviceSpec, FloatType};
 
@@ -37,40 +38,40 @@ pub struct DistillOptions {
     #[arg(long, value_enum, default_value_t = Objective::Taid)]
     pub objective: Objective,
     /// Optimizer steps (or give --epochs).
-    #[arg(long, conflicts_with = "epochs")]
+    #[arg(long, conflicts_with = "epochs", value_parser = bounds::at_least_one_u64)]
     pub steps: Option<u64>,
     /// Passes over the training split (may be fractional).
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::positive)]
     pub epochs: Option<f64>,
     /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = bounds::at_least_one)]
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = bounds::at_least_one)]
     pub grad_accum: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = bounds::positive)]
     pub lr: f64,
     /// Linear warmup steps before the cosine decay.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = bounds::count_u64)]
     pub warmup: u64,
     /// AdamW decoupled weight decay, on matrices only.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = bounds::non_negative)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value; 0 turns clipping off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = bounds::non_negative)]
     pub max_grad_norm: f64,
     /// TAID: initial interpolation t.
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = 0.4, value_parser = bounds::unit)]
     pub t_start: f64,
     /// TAID: final interpolation t.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = bounds::unit)]
     pub t_end: f64,
     /// TAID: step size of the adaptive t update.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = bounds::non_negative)]
     pub alpha: f64,
     /// TAID: momentum of the adaptive t update.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.99, value_parser = bounds::unit_below_one)]
     pub beta: f64,
     /// TAID: loss that drives the adaptive t update.
     #[arg(long, value_enum, default_value_t = AdaptiveSignal::Kl)]
@@ -79,25 +80,25 @@ pub struct DistillOptions {
     #[arg(long, value_enum, default_value_t = TailMode::Student)]
     pub tail: TailMode,
     /// λ of skew-kl, skew-rkl and gjs.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = bounds::open_unit_f32)]
     pub lambda: f32,
     /// Weight of the next-token cross-entropy added to the objective.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = bounds::non_negative_f32)]
     pub ce_weight: f32,
     /// Seed of the random init and the data order.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = bounds::count_u64)]
     pub seed: u64,
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
     /// Evaluate every N steps; 0: only at the end.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = bounds::count_u64)]
     pub eval_every: u64,
     /// Checkpoint every N steps; 0: never (final/ is always written).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = bounds::count_u64)]
     pub save_every: u64,
     /// Fraction of the cache's sequences (the last ones, in sequence order) held out for evaluation.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = bounds::unit_below_one)]
     pub eval_fraction: f64,
     /// A separate cache to evaluate on (instead of --eval-fraction).
     #[arg(long, value_name = "CACHE")]
@@ -160,16 +161,33 @@ impl DistillOptions {
 
     /// Check the options a run cannot start with, naming the flag.
     pub fn validate(&self) -> Result<()> {
+        // The flags' value parsers refuse these on the command line and in a pipeline file;
+        // options built in code meet the same bounds here.
+        for (flag, v, b) in [
+            ("--lr", self.lr, Bounds::POSITIVE),
+            ("--weight-decay", self.weight_decay, Bounds::NON_NEGATIVE),
+            ("--max-grad-norm", self.max_grad_norm, Bounds::NON_NEGATIVE),
+            ("--t-start", self.t_start, Bounds::UNIT),
+            ("--t-end", self.t_end, Bounds::UNIT),
+            ("--alpha", self.alpha, Bounds::NON_NEGATIVE),
+            ("--beta", self.beta, Bounds::UNIT_BELOW_ONE),
+            ("--lambda", f64::from(self.lambda), Bounds::OPEN_UNIT),
+            (
+                "--ce-weight",
+                f64::from(self.ce_weight),
+                Bounds::NON_NEGATIVE,
+            ),
+            (
+                "--eval-fraction",
+                self.eval_fraction,
+                Bounds::UNIT_BELOW_ONE,
+            ),
+            ("--epochs", self.epochs.unwrap_or(1.0), Bounds::POSITIVE),
+        ] {
+            b.check_flag(flag, v)?;
+        }
         if self.steps == Some(0) {
             return Err(Error::flag("--steps", "must be at least 1"));
-        }
-        if let Some(e) = self.epochs {
-            if !(e > 0.0 && e.is_finite()) {
-                return Err(Error::flag(
-                    "--epochs",
-                    format!("{e} is not a positive number"),
-                ));
-            }
         }
         if self.steps.is_none() && self.epochs.is_none() {
             return Err(Error::flag("--steps", "give --steps N or --epochs E"));
@@ -182,16 +200,7 @@ impl DistillOptions {
                 return Err(Error::flag(flag, "must be at least 1"));
             }
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::flag(
-                "--lr",
-                format!("{} is not a positive learning rate", self.lr),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.t_start)
-            || !(0.0..=1.0).contains(&self.t_end)
-            || self.t_start > self.t_end
-        {
+        if self.t_start > self.t_end {
             return Err(Error::flag(
                 "--t-start",
                 format!(
@@ -203,12 +212,6 @@ impl DistillOptions {
         self.loss_config(self.t_start)
             .validate()
             .map_err(|msg| Error::flag("--objective", msg))?;
-        if !(0.0..1.0).contains(&self.eval_fraction) {
-            return Err(Error::flag(
-                "--eval-fraction",
-                format!("{} is not in [0, 1)", self.eval_fraction),
-            ));
-        }
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Encoding;
+use crate::config::bounds;
 use crate::corpus::TextSplit;
 use crate::error::{Error, Result};
 use crate::model::{DeviceSpec, FloatType};
@@ -25,13 +26,13 @@ pub struct PrecomputeOptions {
     #[arg(long, value_name = "CACHE", default_value = "", hide_default_value = true, value_parser = crate::config::path_arg)]
     pub out: PathBuf,
     /// Log-probabilities kept per position.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = bounds::at_least_one)]
     pub top_k: usize,
     /// Tokens per packed sequence.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = bounds::at_least_one)]
     pub seq_len: usize,
     /// Sequences per teacher forward.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = bounds::at_least_one)]
     pub batch_size: usize,
     /// Teacher forward dtype.
     #[arg(long, value_enum, default_value_t = FloatType::F32)]
@@ -46,10 +47,10 @@ pub struct PrecomputeOptions {
     #[arg(long, value_enum, default_value_t = TextSplit::File)]
     pub text_split: TextSplit,
     /// Sequences per shard file.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = bounds::at_least_one)]
     pub shard_rows: usize,
     /// zstd compression level, 1..=22.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = bounds::zstd_level)]
     pub zstd_level: i32,
     /// How top-k records are stored: plain (format v1: f16 log-probs), compact (format v3: each
     /// position sorted by id, ids as gaps, log-probs as 8-bit levels uniform in √p; about half
@@ -59,10 +60,10 @@ pub struct PrecomputeOptions {
     #[serde(default)]
     pub encoding: Encoding,
     /// This process's index among --workers, from 0.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = bounds::count)]
     pub worker: usize,
     /// Number of independent processes filling this cache; shard j goes to worker j mod N.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = bounds::at_least_one)]
     pub workers: usize,
     /// Pipeline config (TOML) whose [precompute] table sets the flags not given here.
     #[arg(long, value_name = "FILE")]

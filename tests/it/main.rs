@@ -8,6 +8,7 @@ mod cache_pyarrow;
 mod demo;
 mod distill;
 mod errors;
+mod flags;
 mod forward_golden;
 mod pipelines;
 mod precompute;

@@ -25,6 +25,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, IoContext, Result};
 
+pub mod bounds;
+
 /// Read one stage's table from a pipeline file, as JSON for merging. A missing table is empty.
 pub fn read_section(path: &Path, section: &str) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).at(path)?;
@@ -49,15 +51,40 @@ pub fn read_section(path: &Path, section: &str) -> Result<Map<String, Value>> {
     }
     match doc.get(section) {
         None => Ok(Map::new()),
-        Some(toml::Value::Table(t)) => match serde_json::to_value(t) {
-            Ok(Value::Object(m)) => Ok(m),
-            _ => Err(Error::field(path, section, "could not be read as a table")),
-        },
+        Some(toml::Value::Table(t)) => {
+            // JSON has no NaN or infinity (they would arrive as `null`), and no option takes one.
+            for (key, value) in t {
+                if let Some(v) = non_finite(value) {
+                    return Err(Error::field(
+                        path,
+                        format!("[{section}] {key}"),
+                        format!("{} is not a finite number", bounds::show(v)),
+                    ));
+                }
+            }
+            table_as_json(t, path, section)
+        }
         Some(_) => Err(Error::field(
             path,
             section,
-            "expected a table `[{section}]`",
+            format!("expected a table `[{section}]`"),
         )),
+    }
+}
+
+/// The first NaN or infinite float in `value` (itself or an array element).
+fn non_finite(value: &toml::Value) -> Option<f64> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some(*f),
+        toml::Value::Array(items) => items.iter().find_map(non_finite),
+        _ => None,
+    }
+}
+
+fn table_as_json(t: &toml::Table, path: &Path, section: &str) -> Result<Map<String, Value>> {
+    match serde_json::to_value(t) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(Error::field(path, section, "could not be read as a table")),
     }
 }
 
@@ -94,13 +121,14 @@ pub fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
 /// Overlay the `[section]` table of the pipeline file `path` on options clap parsed from
 /// `matches`: a flag given on the command line wins, else the file's value, else the default.
 /// A key that is not an option is an error naming it and the file.
-pub fn merge_file<T: Serialize + DeserializeOwned>(
+pub fn merge_file<T: Serialize + DeserializeOwned + clap::Args>(
     parsed: T,
     matches: &clap::ArgMatches,
     path: &Path,
     section: &str,
 ) -> Result<T> {
     let table = read_section(path, section)?;
+    check_values::<T>(&table, path, section)?;
     let mut merged = match serde_json::to_value(&parsed) {
         Ok(Value::Object(m)) => m,
         _ => return Err(Error::Internal("options do not serialize as a map".into())),
@@ -114,6 +142,78 @@ pub fn merge_file<T: Serialize + DeserializeOwned>(
     }
     serde_json::from_value(Value::Object(merged))
         .map_err(|e| Error::field(path, section, e.to_string()))
+}
+
+/// Put every value of a pipeline file's table through the value parser of its flag, so a file
+/// is held to the same bounds as the command line (`lr = nan`, `top_k = -1`, `objective =
+/// "kll"` are refused naming the key, the file and what is allowed). Keys that are not flags are
+/// left to serde, which names them.
+fn check_values<T: clap::Args>(
+    table: &Map<String, Value>,
+    path: &Path,
+    section: &str,
+) -> Result<()> {
+    // The stage's own flags (none is required: the paths default to empty), parsing one
+    // `--key=value` at a time.
+    let command = T::augment_args(clap::Command::new("pipeline-file").no_binary_name(true));
+    for (key, value) in table {
+        let Some(arg) = command.get_arguments().find(|a| a.get_id() == key.as_str()) else {
+            continue;
+        };
+        let Some(long) = arg.get_long().filter(|_| arg.get_action().takes_values()) else {
+            continue;
+        };
+        let words: Vec<String> = match value {
+            Value::Array(items) => items.iter().map(value_word).collect(),
+            other => vec![value_word(other)],
+        };
+        for word in words {
+            if let Err(e) = command
+                .clone()
+                .try_get_matches_from([format!("--{long}={word}")])
+            {
+                let why = clap_reason(&e);
+                return Err(Error::field(
+                    path,
+                    format!("[{section}] {key}"),
+                    format!("{why} (the same values as --{})", key.replace('_', "-")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A TOML value as it would be typed after its flag.
+fn value_word(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// clap's reason for refusing a value, without its `invalid value 'x' for '--flag <F>': `
+/// preamble.
+fn clap_reason(e: &clap::Error) -> String {
+    let text = one_line(e);
+    match text.split_once("': ") {
+        Some((head, reason)) if head.starts_with("invalid value") => reason.to_string(),
+        _ => text,
+    }
+}
+
+/// A clap error as one sentence: its message with its hints (possible values, a similar flag)
+/// on the same line, without the usage and `--help` lines.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Refuse options where one of the `required` flags is still empty after the merge, saying
