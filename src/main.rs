@@ -27,12 +27,45 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = Stdout {
+        inner: std::io::stdout().lock(),
+        closed: false,
+    };
     match Cli::resolve(&matches).and_then(|cli| taidcache::cli::run(cli, &mut stdout)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `taidcache inspect --json | head`: the reader had enough; not an error.
+        Err(_) if stdout.closed => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", e.chain());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard output that remembers whether its reader went away (`EPIPE`), so that the error
+/// the write raises is not reported as the command's failure.
+struct Stdout<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for Stdout<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
+}
+
+impl<W> Stdout<W> {
+    fn note<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            self.closed |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        r
     }
 }

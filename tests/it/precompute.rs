@@ -122,6 +122,24 @@ fn verify_and_inspect_accept_a_fresh_cache() {
     let summary: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
     let m = Manifest::load(&opts.out.join("manifest.json")).unwrap();
     assert_eq!(summary["sequences"].as_u64(), m.total_sequences);
+
+    // `inspect --json | head -c 0`: a reader that leaves early is not an error (it was
+    // "invalid JSON: Broken pipe", exit 1).
+    for args in [vec!["inspect", cache, "--json"], vec!["inspect", cache]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // closed before the summary is written
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            (o.status.code(), String::from_utf8_lossy(&o.stderr).as_ref()),
+            (Some(0), ""),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]
