@@ -120,14 +120,15 @@ pub enum Error {
     #[error("{path}: {msg}", path = .path.display())]
     Checkpoint { path: PathBuf, msg: String },
 
-    /// Training diverged: the loss of optimizer step `step` is not finite.
-    #[error("step {step}: the loss is not finite ({loss}); lower --lr or check the data; {}", match .last_checkpoint {
+    /// Training diverged at optimizer step `step`: `what` says which value is not finite, where
+    /// it came from and what to do.
+    #[error("step {step}: {what}; {}", match .last_checkpoint {
         Some(p) => format!("the last good checkpoint is {}", p.display()),
         None => "no checkpoint was written yet".to_string(),
     })]
     Diverged {
         step: u64,
-        loss: f64,
+        what: String,
         last_checkpoint: Option<PathBuf>,
     },
 

@@ -6,16 +6,19 @@
 //!   clipping → AdamW → TAID t update → MetricsLine, evaluation, checkpoints
 //! ```
 //!
-//! Never loads the teacher. Owns `RUN/`: `metrics.jsonl`, `checkpoints/step-N/`, `final/`.
+//! Never loads the teacher. Owns `RUN/`: `run.json` (the run's identity), `metrics.jsonl`,
+//! `checkpoints/step-N/`, `final/`.
 //! [`run`] only orchestrates: it opens the cache and the student, resumes, and drives a
 //! [`Trainer`] over the [`Loader`]'s batches.
 
 pub mod checkpoint;
+pub mod identity;
 pub mod loader;
 pub mod metrics;
 pub mod objectives;
 pub mod optim;
 pub mod options;
+pub mod rundir;
 pub mod schedule;
 pub mod targets;
 pub mod trainer;
@@ -29,12 +32,15 @@ use serde::Serialize;
 use crate::cache::{Cache, Unit};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::sha256_file;
+use crate::model::config::ModelConfig;
 use crate::model::train::Student;
-use crate::model::weights::TOKENIZER_FILE;
+use crate::model::weights::{CONFIG_FILE, TOKENIZER_FILE};
 
+use identity::RunIdentity;
 use loader::{Cursor, Loader, LoaderOptions};
 use metrics::{MetricsLine, METRICS_FILE};
 pub use options::{AdaptiveSignal, DistillOptions};
+use rundir::{Start, FINAL_DIR};
 pub use trainer::Trainer;
 
 /// What a run did.
@@ -69,6 +75,25 @@ fn open_cache(dir: &Path, flag: &str) -> Result<Cache> {
     Cache::open_complete(dir)
 }
 
+/// Refuse a student whose context is shorter than the cache's sequences, naming its
+/// `config.json` field.
+fn check_context(student: &ModelConfig, cache: &Cache) -> Result<()> {
+    let seq_len = cache.manifest().packing.seq_len;
+    if student.max_position_embeddings < seq_len {
+        return Err(Error::field(
+            &student.path,
+            "max_position_embeddings",
+            format!(
+                "{} is below the seq_len {seq_len} of the cache {}: the student cannot read its sequences; use a student with a longer context or a cache made with --seq-len {}",
+                student.max_position_embeddings,
+                cache.dir().display(),
+                student.max_position_embeddings
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Run the distill stage. Metrics go to `RUN/metrics.jsonl`, a summary to `out`.
 pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary> {
     let started = Instant::now();
@@ -78,52 +103,28 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         .open()
         .map_err(|msg| Error::flag("--device", msg))?;
     let cache = open_cache(&opts.cache, "--cache")?;
+    let eval_cache = match &opts.eval_cache {
+        Some(dir) => Some(open_cache(dir, "--eval-cache")?),
+        None => None,
+    };
     let tokenizer = opts.student.join(TOKENIZER_FILE);
     let tokenizer = tokenizer.exists().then_some(tokenizer);
-
-    let run_dir = &opts.out;
-    let ckpts = checkpoint::list(run_dir)?;
-    let resume_from = if opts.resume {
-        ckpts.last().cloned()
-    } else {
-        None
-    };
-    let metrics = run_dir.join(METRICS_FILE);
-    if !opts.resume && (metrics.exists() || !ckpts.is_empty()) {
-        return Err(Error::flag(
-            "--out",
-            format!(
-                "{} already holds a run; pass --resume to continue it or choose another --out",
-                run_dir.display()
-            ),
-        ));
-    }
-    std::fs::create_dir_all(run_dir).at(run_dir)?;
-
-    let student_dir = resume_from
-        .as_ref()
-        .map(|(_, p)| p.clone())
-        .unwrap_or(opts.student.clone());
-    let student = Student::from_dir(&student_dir, opts.seed, &device)?;
     let tok_sha = match &tokenizer {
         Some(t) => Some(sha256_file(t)?),
         None => None,
     };
-    cache.check_student(student.config.vocab_size, tok_sha.as_deref())?;
+    let student_config = ModelConfig::from_file(&opts.student.join(CONFIG_FILE))?;
+    for c in std::iter::once(&cache).chain(&eval_cache) {
+        c.check_student(student_config.vocab_size, tok_sha.as_deref())?;
+        check_context(&student_config, c)?;
+    }
 
     // Data: training rows, and held-out rows (or a separate eval cache).
-    let fraction = if opts.eval_cache.is_some() {
-        0.0
-    } else {
-        opts.eval_fraction
-    };
-    let (train_units, eval_units) = cache.units(fraction)?;
-    let eval_source: Option<(Cache, Vec<Unit>)> = match &opts.eval_cache {
-        Some(dir) => {
-            let c = open_cache(dir, "--eval-cache")?;
-            c.check_student(student.config.vocab_size, tok_sha.as_deref())?;
+    let (train_units, eval_units) = cache.units(opts.eval_fraction)?;
+    let eval_source: Option<(Cache, Vec<Unit>)> = match &eval_cache {
+        Some(c) => {
             let (all, _) = c.units(0.0)?;
-            Some((c, all))
+            Some((c.clone(), all))
         }
         None if !eval_units.is_empty() => Some((cache.clone(), eval_units)),
         None => None,
@@ -145,6 +146,27 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
             .ceil()
             .max(1.0) as u64,
         (None, None) => unreachable!("validated"),
+    };
+
+    // Loaded before `RUN/` is touched, so that a student that cannot be trained leaves no run.
+    let initial = Student::from_dir(&opts.student, opts.seed, &device)?;
+    let run_dir = &opts.out;
+    let identity = RunIdentity::new(
+        opts,
+        cache.manifest(),
+        eval_cache.as_ref().map(Cache::manifest),
+        total_steps,
+    )?;
+    let metrics = run_dir.join(METRICS_FILE);
+    let resume_from = match rundir::start(opts, &identity, out)? {
+        Start::Finished { steps } => return finished_summary(&metrics, steps),
+        Start::Resume { step, dir } => Some((step, dir)),
+        Start::Fresh => None,
+    };
+
+    let student = match &resume_from {
+        Some((_, dir)) => Student::from_dir(dir, opts.seed, &device)?,
+        None => initial,
     };
     let mut trainer = Trainer::new(student, opts, total_steps)?;
     if let Some((n, dir)) = &resume_from {
@@ -235,7 +257,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         }
     }
     progress.finish_and_clear();
-    let final_dir = run_dir.join("final");
+    let final_dir = run_dir.join(FINAL_DIR);
     trainer
         .student()
         .save_hf(&final_dir, opts.save_dtype.dtype(), tokenizer.as_deref())?;
@@ -271,6 +293,31 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     )
     .at(run_dir)?;
     Ok(summary)
+}
+
+/// The summary of a run that had already finished, from its `metrics.jsonl`.
+fn finished_summary(metrics: &Path, steps: u64) -> Result<DistillSummary> {
+    let lines = metrics::read(metrics)?;
+    let last = lines.iter().rev().find(|l| !l.is_eval());
+    let eval = lines
+        .iter()
+        .rev()
+        .find(|l| l.is_eval())
+        .map(|l| EvalSummary {
+            ce: l.ce.unwrap_or(f64::NAN),
+            kl_teacher: l.kl_teacher.unwrap_or(f64::NAN),
+        });
+    Ok(DistillSummary {
+        steps,
+        resumed_from: Some(steps),
+        final_loss: last.and_then(|l| l.loss).unwrap_or(f64::NAN),
+        final_t: last.and_then(|l| l.t).unwrap_or(f64::NAN),
+        eval,
+        tokens: last.and_then(|l| l.tokens).unwrap_or(0),
+        elapsed_s: 0.0,
+        data_wait_s: 0.0,
+        data_wait_share: 0.0,
+    })
 }
 
 fn progress_bar(enabled: bool, total: u64, start: u64) -> indicatif::ProgressBar {

@@ -113,6 +113,11 @@ pub struct DistillOptions {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Start a new run in --out even where it holds an earlier run, a model in final/ or other
+    /// files: the earlier run's run.json, metrics.jsonl, checkpoints/ and final/ are deleted
+    /// first, other files are left as they are.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Draw a progress bar on stderr when it is a terminal (not a flag).
     #[arg(skip = true)]
     #[serde(default = "yes", skip_serializing)]
@@ -212,6 +217,27 @@ impl DistillOptions {
         self.loss_config(self.t_start)
             .validate()
             .map_err(|msg| Error::flag("--objective", msg))?;
+        if self.eval_fraction > 0.0 && self.eval_cache.is_some() {
+            return Err(Error::flag(
+                "--eval-fraction",
+                "and --eval-cache both choose the evaluation data; give only one of them",
+            ));
+        }
+        if self.eval_every > 0 && self.eval_fraction == 0.0 && self.eval_cache.is_none() {
+            return Err(Error::flag(
+                "--eval-every",
+                format!(
+                    "{} evaluates nothing without held-out data; add --eval-fraction F or --eval-cache CACHE, or drop --eval-every",
+                    self.eval_every
+                ),
+            ));
+        }
+        if self.resume && self.overwrite {
+            return Err(Error::flag(
+                "--overwrite",
+                "replaces the run in --out and --resume continues it; give only one of them",
+            ));
+        }
         Ok(())
     }
 }

@@ -60,6 +60,24 @@ impl StepStats {
     }
 }
 
+/// The first sequence of `micro` whose cached teacher values are NaN or +inf (−inf is a valid
+/// tail log-mass: the top-k held all the probability).
+pub fn non_finite_targets(micro: &[Batch]) -> Option<u64> {
+    micro.iter().find_map(|b| {
+        let d = &b.data;
+        let (s, k) = (d.seq_len, d.k);
+        (0..d.rows()).find_map(|r| {
+            let bad_lp = d.topk_logprobs[r * s * k..(r + 1) * s * k]
+                .iter()
+                .any(|x| x.is_nan() || *x == half::f16::INFINITY);
+            let bad_tail = d.tail_logmass[r * s..(r + 1) * s]
+                .iter()
+                .any(|x| x.is_nan() || *x == f32::INFINITY);
+            (bad_lp || bad_tail).then(|| d.seq_ids[r])
+        })
+    })
+}
+
 /// Next-token labels of one batch: position i's label is token i+1 when both are unmasked.
 pub fn labels(data: &ShardBatch) -> Vec<Option<u32>> {
     let s = data.seq_len;
@@ -345,9 +363,20 @@ impl Trainer {
         }
         let loss = stats.loss(self.opts.objective);
         if !loss.is_finite() {
+            let why = match non_finite_targets(micro) {
+                Some(seq) => format!(
+                    "the cached teacher values of sequence {seq} are not finite (NaN or +inf): the cache is damaged; check it with `taidcache verify`"
+                ),
+                None => match self.student.first_non_finite()? {
+                    Some(name) => format!(
+                        "the student's weights (tensor `{name}`) became non-finite in the updates before; lower --lr or --max-grad-norm"
+                    ),
+                    None => "the student's logits overflowed; lower --lr".to_string(),
+                },
+            };
             return Err(Error::Diverged {
                 step: self.state.step + 1,
-                loss,
+                what: format!("the loss is not finite ({loss}): {why}"),
                 last_checkpoint: self.last_checkpoint.clone(),
             });
         }
@@ -382,9 +411,57 @@ impl Trainer {
     }
 
     /// Write `RUN/checkpoints/step-N` for the current step.
+    /// Weights that are no longer finite are [`Error::Diverged`] and never saved.
     pub fn checkpoint(&mut self, run: &Path, tokenizer: Option<&Path>) -> Result<PathBuf> {
+        if let Some(name) = self.student.first_non_finite()? {
+            return Err(Error::Diverged {
+                step: self.state.step,
+                what: format!(
+                    "the student's weights (tensor `{name}`) are not finite after the update; lower --lr or --max-grad-norm"
+                ),
+                last_checkpoint: self.last_checkpoint.clone(),
+            });
+        }
         let dir = checkpoint::save(run, &self.student, &self.opt, &self.state, tokenizer)?;
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    fn batch(seq_ids: &[u64], bad: Option<(usize, bool)>) -> Batch {
+        let (s, k) = (2, 2);
+        let mut d = ShardBatch::new(s, k);
+        d.seq_ids.extend_from_slice(seq_ids);
+        let rows = seq_ids.len();
+        d.topk_logprobs = vec![f16::from_f32(-0.7); rows * s * k];
+        // −inf tail log-mass is valid (the top-k held all the probability).
+        d.tail_logmass = vec![f32::NEG_INFINITY; rows * s];
+        if let Some((row, in_tail)) = bad {
+            if in_tail {
+                d.tail_logmass[row * s + 1] = f32::NAN;
+            } else {
+                d.topk_logprobs[row * s * k + 3] = f16::INFINITY;
+            }
+        }
+        Batch {
+            data: d,
+            cursor: Cursor::default(),
+        }
+    }
+
+    #[test]
+    fn non_finite_cached_values_name_their_sequence_and_neg_inf_tails_pass() {
+        assert_eq!(non_finite_targets(&[batch(&[4, 5], None)]), None);
+        let micro = [batch(&[4, 5], None), batch(&[8, 9], Some((1, false)))];
+        assert_eq!(non_finite_targets(&micro), Some(9));
+        assert_eq!(
+            non_finite_targets(&[batch(&[6, 7], Some((0, true)))]),
+            Some(6)
+        );
     }
 }

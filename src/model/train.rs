@@ -92,8 +92,28 @@ impl Student {
                 .ctx(name.clone())?;
             var.set(&t)
                 .ctx(format!("{}: tensor {name}", dir.display()))?;
+            if !all_finite(&t)? {
+                let file = match files {
+                    [one] => one.clone(),
+                    _ => dir.to_path_buf(),
+                };
+                return Err(Error::model(
+                    file,
+                    format!("tensor `{name}` holds non-finite values (NaN or infinity): training cannot start from these weights"),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The name of the first parameter holding a NaN or an infinity, if any.
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        for (name, var) in &self.params {
+            if !all_finite(var.as_tensor())? {
+                return Ok(Some(name.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Normal(0, INIT_STD) for matrices, ones for norms, zeros for biases; deterministic in `seed`.
@@ -172,8 +192,10 @@ impl Student {
         .at(&cfg_path)?;
         let mut written = vec![path, cfg_path];
         if let Some(tok) = tokenizer {
+            // Read, then write: each failure names its own file (a full disk the destination).
+            let bytes = std::fs::read(tok).at(tok)?;
             let to = dir.join(TOKENIZER_FILE);
-            std::fs::copy(tok, &to).at(tok)?;
+            std::fs::write(&to, bytes).at(&to)?;
             written.push(to);
         }
         for f in written {
@@ -186,6 +208,18 @@ impl Student {
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
     }
+}
+
+/// Whether every value of `t` is finite: `0·t` is 0 where it is and NaN where it is not, and
+/// its sum cannot overflow.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let zeros = t.affine(0.0, 0.0).ctx("finiteness check")?;
+    let sum = zeros
+        .to_dtype(DType::F32)
+        .and_then(|z| z.sum_all())
+        .and_then(|z| z.to_scalar::<f32>())
+        .ctx("finiteness check")?;
+    Ok(sum == 0.0)
 }
 
 /// The `dtype` string transformers writes in `config.json`.

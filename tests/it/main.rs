@@ -13,4 +13,5 @@ mod forward_golden;
 mod pipelines;
 mod precompute;
 mod readme;
+mod resume;
 mod student;
