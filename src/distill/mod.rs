@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::cache::{Cache, Unit};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::sha256_file;
+use crate::lock::{Access, DirLock};
 use crate::model::train::Student;
 use crate::model::weights::TOKENIZER_FILE;
 
@@ -69,6 +70,10 @@ fn open_cache(dir: &Path, flag: &str) -> Result<Cache> {
     Cache::open_complete(dir)
 }
 
+/// Lock file of a run directory, held by the `distill` writing it (never deleted: see
+/// [`crate::lock`]).
+pub const RUN_LOCK_FILE: &str = ".lock";
+
 /// Run the distill stage. Metrics go to `RUN/metrics.jsonl`, a summary to `out`.
 pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary> {
     let started = Instant::now();
@@ -82,6 +87,14 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     let tokenizer = tokenizer.exists().then_some(tokenizer);
 
     let run_dir = &opts.out;
+    // Held to the end of the run, taken before anything looks at what --out holds.
+    let _lock = DirLock::acquire(
+        run_dir,
+        RUN_LOCK_FILE,
+        Access::Exclusive,
+        "taidcache distill",
+        "--out",
+    )?;
     let ckpts = checkpoint::list(run_dir)?;
     let resume_from = if opts.resume {
         ckpts.last().cloned()
