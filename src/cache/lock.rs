@@ -42,13 +42,11 @@ pub fn lock_for_writing(dir: &Path, index: usize, count: usize) -> Result<CacheL
         return match DirLock::try_acquire(dir, CACHE_LOCK_FILE, Access::Exclusive, what, OUT_FLAG)?
         {
             Ok(lock) => Ok(CacheLock { _locks: vec![lock] }),
-            // The shared holders (workers, merges) do not record themselves in `.lock`.
-            Err(_) => Err(in_use(
+            // Shared holders (workers, merges) do not record themselves in `.lock`: name a
+            // worker if one holds its lock, else the exclusive holder `.lock` records.
+            Err(recorded) => Err(in_use(
                 dir,
-                &some_worker_holder(dir)?.unwrap_or(Holder {
-                    pid: None,
-                    what: String::new(),
-                }),
+                &some_worker_holder(dir)?.unwrap_or(recorded),
                 OUT_FLAG,
             )),
         };
