@@ -12,6 +12,7 @@
 //! - [`demo`]: the end-to-end demo on a generated corpus, through the stages' typed options.
 //! - [`inspect`]: summaries and integrity checks of a cache.
 //! - [`config`]: pipeline files (TOML) merged with the flags; [`cli`]: the command line.
+//! - [`lock`]: advisory locks that keep two processes out of one output directory.
 //!
 //! `docs/architecture.md` draws the data flow and says where each kind of change goes.
 
@@ -24,6 +25,7 @@ pub mod distill;
 pub mod error;
 pub mod hash;
 pub mod inspect;
+pub mod lock;
 pub mod model;
 pub mod plot;
 pub mod precompute;

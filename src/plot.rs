@@ -92,6 +92,12 @@ fn register_font() -> Result<()> {
     .map_err(|msg| Error::flag("TAIDCACHE_FONT", msg))
 }
 
+/// Largest magnitude drawn as it is: a finite value beyond it is drawn at the edge of the panel
+/// (at ±8.9e307, the width of an axis from −LIMIT to +LIMIT stays finite, and plotters' tick
+/// search, which loops forever on an infinite or NaN width, terminates).
+const AXIS_LIMIT: f64 = f64::MAX / 4.0;
+
+/// The x and y ranges of the finite points of `series`, `None` when there is none.
 fn bounds(series: &[&[(f64, f64)]]) -> Option<(std::ops::Range<f64>, std::ops::Range<f64>)> {
     let pts = series
         .iter()
@@ -109,8 +115,28 @@ fn bounds(series: &[&[(f64, f64)]]) -> Option<(std::ops::Range<f64>, std::ops::R
     if !any {
         return None;
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
-    Some((x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad)))
+    Some((axis(x0, x1, 0.0, 1.0), axis(y0, y1, 0.05, 1e-6)))
+}
+
+/// An axis range over `lo..=hi` (finite), padded by `pad` of its width on each side, at least
+/// `min_width` wide and at least a millionth of its magnitude wide (so that ticks one step
+/// apart differ in f64), within ±[`AXIS_LIMIT`] (so that its width is finite).
+fn axis(lo: f64, hi: f64, pad: f64, min_width: f64) -> std::ops::Range<f64> {
+    let (lo, hi) = (
+        lo.clamp(-AXIS_LIMIT, AXIS_LIMIT),
+        hi.clamp(-AXIS_LIMIT, AXIS_LIMIT),
+    );
+    let (width, magnitude) = (hi - lo, lo.abs().max(hi.abs()));
+    let grow = (width * pad)
+        .max((min_width - width) / 2.0)
+        .max((magnitude * 1e-6 - width) / 2.0)
+        .max(0.0);
+    (lo - grow)..(hi + grow)
+}
+
+/// A point as drawn: y within the axis (see [`AXIS_LIMIT`]).
+fn drawn((x, y): (f64, f64)) -> (f64, f64) {
+    (x, y.clamp(-AXIS_LIMIT, AXIS_LIMIT))
 }
 
 /// Draw `runs` into `out` (`.svg` or `.png`).
@@ -182,7 +208,13 @@ fn draw<DB: DrawingBackend>(
         for (i, (run, pts)) in runs.iter().zip(&series).enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    pts.iter()
+                        .copied()
+                        .filter(|(x, y)| x.is_finite() && y.is_finite())
+                        .map(drawn),
+                    color.stroke_width(2),
+                ))
                 .map_err(|e| fail(&e))?
                 .label(run.label.clone())
                 .legend(move |(x, y)| {
@@ -293,6 +325,58 @@ mod tests {
         }
         let counts: Vec<(usize, usize)> = runs.iter().map(|r| (r.loss.len(), r.t.len())).collect();
         assert_eq!(counts, [(3, 3), (3, 3), (3, 0)]);
+    }
+
+    #[test]
+    fn losses_near_the_largest_f64_plot_and_non_finite_ones_are_skipped() {
+        for (lo, hi) in [
+            (-1e308, 1e308),
+            (1e308, 1e308),
+            (-1.7e308, 3.0),
+            (5e307, 1.797e308),
+        ] {
+            let (xr, yr) = bounds(&[&[(1.0, lo), (2.0, hi)]]).unwrap();
+            assert!(
+                (yr.end - yr.start).is_finite()
+                    && yr.start < yr.end
+                    && yr.start <= lo.max(-AXIS_LIMIT),
+                "{lo}..{hi}: y axis {yr:?}"
+            );
+            assert_eq!(xr, 1.0..2.0);
+        }
+        // The step axis too: one step near 2^64 is a range a step apart that f64 can tell.
+        let (xr, _) = bounds(&[&[(1.8e19, 1.0)]]).unwrap();
+        assert!(xr.start < xr.end, "{xr:?}");
+
+        // Plotting must return (it looped forever on ±1e308): on another thread, with a bound.
+        let dir = tempfile::tempdir().unwrap();
+        let huge = RunCurves {
+            label: "huge".into(),
+            loss: vec![
+                (1.0, 1e308),
+                (2.0, -1e308),
+                (3.0, f64::NAN),
+                (4.0, 2.5),
+                (5.0, f64::INFINITY),
+            ],
+            t: vec![(1.0, 1e308), (2.0, 1e308)],
+            eval_kl: vec![(1.0, -1.7e308), (2.0, 0.0)],
+        };
+        let small = RunCurves {
+            label: "small".into(),
+            loss: vec![(1.0, 3.0), (2.0, 2.0)],
+            ..RunCurves::default()
+        };
+        let svg = dir.path().join("huge.svg");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (runs, path) = (vec![huge, small], svg.clone());
+        std::thread::spawn(move || tx.send(plot(&runs, &path).map_err(|e| e.to_string())));
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("plot of losses near ±1e308 did not return");
+        result.unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("huge") && text.contains("small"));
     }
 
     #[test]

@@ -145,3 +145,74 @@ fn micro_batch_loss_memory_is_bounded_by_the_chunk_not_the_positions() {
         mib(loss_large)
     );
 }
+
+/// Issue #19, item 13: one long text document streams through reading, tokenization and
+/// packing: reading, tokenizing and packing one 20 MB `.txt` document peaks at most at twice
+/// what one 2 MB document does, plus 16 MiB (it was ~160 bytes per byte of text, so 3.2 GB).
+#[test]
+fn one_huge_text_document_streams_in_memory_independent_of_its_length() {
+    use std::sync::Arc;
+    use taidcache::corpus::testing::sample_tokenizer;
+    use taidcache::corpus::{CorpusOptions, DocumentReader, SequenceStream};
+
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tok = Arc::new(sample_tokenizer(400));
+    let paragraph = "The teacher predicts the next word of long documents (42) quickly, \
+                     héllo 日本語!\n\n    Every token packs   sequences of ids.\t";
+    let write = |name: &str, bytes: usize| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, paragraph.repeat(bytes / paragraph.len() + 1)).unwrap();
+        path
+    };
+    let pack_all = |path: &std::path::Path| -> (u64, u64) {
+        let reader = DocumentReader::new(&[path.to_path_buf()], &CorpusOptions::default()).unwrap();
+        let stream = SequenceStream::new(reader, tok.clone(), 512, 0, 0, 400);
+        let (mut seqs, mut checksum) = (0u64, 0u64);
+        for s in stream {
+            let s = s.unwrap();
+            seqs += 1;
+            checksum = checksum
+                .wrapping_mul(31)
+                .wrapping_add(s.input_ids[7] as u64);
+        }
+        (seqs, checksum)
+    };
+    let small = write("small.txt", 2_000_000);
+    let large = write("large.txt", 20_000_000);
+    let ((small_seqs, _), small_peak) = peak_extra(|| pack_all(&small));
+    let ((large_seqs, _), large_peak) = peak_extra(|| pack_all(&large));
+    eprintln!(
+        "one document: 2 MB → {small_seqs} sequences, peak {:.1} MiB; 20 MB → {large_seqs} \
+         sequences, peak {:.1} MiB",
+        mib(small_peak),
+        mib(large_peak)
+    );
+    assert!(large_seqs > 9 * small_seqs, "{small_seqs} vs {large_seqs}");
+    assert!(
+        large_peak <= 2 * small_peak + 16 * MIB,
+        "one 20 MB document peaked at {large_peak} B ({:.1} MiB), one 2 MB document at \
+         {small_peak} B ({:.1} MiB): memory grows with the document",
+        mib(large_peak),
+        mib(small_peak)
+    );
+
+    // The streamed ids are those of tokenizing the document whole (on a smaller one).
+    let medium = write("medium.txt", 1_500_000);
+    let text = std::fs::read_to_string(&medium).unwrap();
+    let reader = DocumentReader::new(&[medium], &CorpusOptions::default()).unwrap();
+    let stream = SequenceStream::new(reader, tok.clone(), 512, 0, 0, 400);
+    let mut got = Vec::new();
+    for s in stream {
+        let s = s.unwrap();
+        let real = s.loss_mask.iter().filter(|&&m| m).count();
+        got.extend_from_slice(&s.input_ids[..real]);
+    }
+    let mut want = tok
+        .encode_fast(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    want.push(0);
+    assert!(got == want, "streamed ids differ from whole-document ids");
+}

@@ -5,13 +5,17 @@
 //! CACHE/manifest.json                         the combined manifest
 //! CACHE/shards/part-00000.parquet ...         one Parquet row per packed sequence
 //! CACHE/manifests/worker-00001-of-00003.json  partial manifests of `--worker I --workers N` runs
-//! CACHE/manifests/.merge.lock                 held for the length of a merge
+//! CACHE/.lock                                held by the processes writing the cache
+//! CACHE/.lock-worker-00001-of-00003           held by worker 1 of 3 for its whole run
+//! CACHE/.lock-merge                           held for the length of a merge
 //! ```
+//!
+//! The lock files ([`super::lock`]) are never deleted, and readers ignore them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Name of the combined manifest inside a cache directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -22,16 +26,53 @@ pub const SHARDS_DIR: &str = "shards";
 /// Directory of the per-worker partial manifests inside a cache directory.
 pub const WORKER_MANIFESTS_DIR: &str = "manifests";
 
-/// Lock file in the worker-manifest folder held for the length of a merge.
-pub const MERGE_LOCK_FILE: &str = ".merge.lock";
+/// Lock of the whole cache: exclusive for a single-process precompute, shared by the workers of
+/// a `--workers N` run and by merges.
+pub const CACHE_LOCK_FILE: &str = ".lock";
+
+/// Lock held for the length of a merge.
+pub const MERGE_LOCK_FILE: &str = ".lock-merge";
+
+/// Lock of worker `index` of `count`: `.lock-worker-00001-of-00003`.
+pub fn worker_lock_name(index: usize, count: usize) -> String {
+    format!("{CACHE_LOCK_FILE}-worker-{index:05}-of-{count:05}")
+}
+
+/// Parse a worker lock file name back into `(index, count)`.
+pub(crate) fn parse_worker_lock_name(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix(CACHE_LOCK_FILE)?.strip_prefix("-")?;
+    parse_worker_file_name(&format!("{rest}.json"))
+}
 
 /// Whether `name` may appear at the top of a cache directory (a manifest write a kill
-/// interrupted leaves `manifest.json.tmp`).
+/// interrupted leaves `manifest.json.tmp`; lock files stay).
 pub fn is_cache_entry(name: &str) -> bool {
     name == MANIFEST_FILE
         || name == SHARDS_DIR
         || name == WORKER_MANIFESTS_DIR
         || name.strip_suffix(".tmp") == Some(MANIFEST_FILE)
+        || name == CACHE_LOCK_FILE
+        || name == MERGE_LOCK_FILE
+        || parse_worker_lock_name(name).is_some()
+}
+
+/// Refuse a directory holding anything [`is_cache_entry`] does not name (nothing to do when it
+/// does not exist).
+pub(crate) fn refuse_foreign_entries(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let name = entry.at(dir)?.file_name();
+        let name = name.to_string_lossy();
+        if !is_cache_entry(&name) {
+            return Err(Error::cache(
+                dir,
+                format!("holds `{name}`, which is not part of a taidcache cache; choose an empty or new directory"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// File name of shard `index`: `part-00000.parquet` (at least 5 digits, more past 99,999).
@@ -134,9 +175,24 @@ mod tests {
         ] {
             assert_eq!(unfinished_shard_index(other), None, "{other}");
         }
-        for name in ["manifest.json", "manifest.json.tmp", "shards", "manifests"] {
+        for name in [
+            "manifest.json",
+            "manifest.json.tmp",
+            "shards",
+            "manifests",
+            ".lock",
+            ".lock-merge",
+            ".lock-worker-00001-of-00003",
+        ] {
             assert!(is_cache_entry(name), "{name}");
         }
-        assert!(!is_cache_entry("notes.txt"));
+        for name in ["notes.txt", ".lock-worker-1", ".lock-other", ".merge.lock"] {
+            assert!(!is_cache_entry(name), "{name}");
+        }
+        assert_eq!(worker_lock_name(1, 3), ".lock-worker-00001-of-00003");
+        assert_eq!(
+            parse_worker_lock_name(".lock-worker-00001-of-00003"),
+            Some((1, 3))
+        );
     }
 }

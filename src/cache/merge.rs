@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use super::layout::{
-    parse_worker_file_name, worker_manifest_path, MANIFEST_FILE, MERGE_LOCK_FILE,
-    WORKER_MANIFESTS_DIR,
+    parse_worker_file_name, worker_manifest_path, MANIFEST_FILE, WORKER_MANIFESTS_DIR,
 };
+use super::lock::lock_for_merge;
 use super::manifest::{Manifest, ShardEntry, WorkerInfo};
 use crate::error::{Error, IoContext, Result};
 
@@ -19,17 +19,9 @@ use crate::error::{Error, IoContext, Result};
 pub fn merge(cache: &Path) -> Result<Manifest> {
     // Workers that finish at the same moment each merge: one at a time, or the second one's
     // rename of `manifest.json.tmp` finds the first one's already moved.
-    let dir = cache.join(WORKER_MANIFESTS_DIR);
-    let _lock = if dir.is_dir() {
-        let path = dir.join(MERGE_LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        file.lock().at(&path)?;
-        Some(file)
+    // Only a directory with worker manifests is a cache to merge (and gets lock files).
+    let _lock = if cache.join(WORKER_MANIFESTS_DIR).is_dir() {
+        Some(lock_for_merge(cache)?)
     } else {
         None
     };

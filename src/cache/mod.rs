@@ -17,6 +17,7 @@
 //! - [`writer`] / [`reader`]: one shard file, written atomically / memory-mapped by row group.
 //! - [`validate`]: a shard file against its manifest entry, a position against the invariants.
 //! - [`merge`]: worker manifests into one.
+//! - [`lock`](mod@lock): who may write a cache at the same time (per worker, merges).
 //!
 //! This layer knows nothing of models, tokenizers or corpora: callers hand it hashes and numbers.
 
@@ -24,6 +25,7 @@ pub mod batch;
 pub mod create;
 pub mod encoding;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod merge;
 pub mod open;

@@ -28,6 +28,7 @@
 //! stops the stream with an error naming the file and the line or row.
 
 pub mod bpe;
+mod chunk;
 mod pack;
 mod readers;
 mod stream;
@@ -83,8 +84,12 @@ impl Default for CorpusOptions {
 /// One document of the corpus.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Document {
-    /// Text, to be tokenized with the teacher's tokenizer.
+    /// Text, to be tokenized with the teacher's tokenizer (the whole document, or the last part
+    /// of one whose first parts came as [`Document::TextPart`]).
     Text(String),
+    /// A part of a text document that continues with the next item: more parts, then a
+    /// [`Document::Text`] with its last part. A text file longer than 1 MiB comes this way.
+    TextPart(String),
     /// Token ids given in the corpus, used as they are.
     Tokens(Vec<u32>),
 }
@@ -183,7 +188,27 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Append the non-hidden files below `dir` to `out`, sorted by name at each level, descending
+/// into subdirectories (links followed). A link back to a directory being walked is an error
+/// naming it: following it would never end.
 fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    walk_dir_below(dir, out, &mut Vec::new())
+}
+
+fn walk_dir_below(dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<PathBuf>) -> Result<()> {
+    let real = std::fs::canonicalize(dir).at(dir)?;
+    if let Some(first) = ancestors.iter().position(|a| *a == real) {
+        return Err(Error::corpus(
+            dir,
+            "directory",
+            format!(
+                "is a link back to {} (a directory it is inside of), which would be read \
+                 forever; remove the link or name the files",
+                ancestors[first].display()
+            ),
+        ));
+    }
+    ancestors.push(real);
     let mut entries = std::fs::read_dir(dir)
         .at(dir)?
         .collect::<std::io::Result<Vec<_>>>()
@@ -196,11 +221,12 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let path = entry.path();
         let meta = std::fs::metadata(&path).at(&path)?;
         if meta.is_dir() {
-            walk_dir(&path, out)?;
+            walk_dir_below(&path, out, ancestors)?;
         } else if meta.is_file() {
             out.push(path);
         }
     }
+    ancestors.pop();
     Ok(())
 }
 

@@ -44,7 +44,18 @@ impl Packer {
 
     /// Append a document's tokens followed by EOS.
     pub fn push_document(&mut self, tokens: &[u32]) {
+        self.push_tokens(tokens);
+        self.end_document();
+    }
+
+    /// Append a part of a document's tokens (a long document comes in parts, draining
+    /// [`pop`](Self::pop) after each); [`end_document`](Self::end_document) after the last.
+    pub fn push_tokens(&mut self, tokens: &[u32]) {
         self.buf.extend(tokens.iter().copied());
+    }
+
+    /// End the document whose tokens were pushed: append EOS.
+    pub fn end_document(&mut self) {
         self.buf.push_back(self.eos_id);
     }
 

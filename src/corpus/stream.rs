@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
+use super::chunk::{ChunkError, ChunkedText, Step, MAX_WINDOW_BYTES};
 use super::readers::DocLocation;
 use super::{Document, DocumentReader, PackedSequence, Packer};
 use crate::error::{Error, Result};
@@ -12,6 +13,9 @@ use crate::error::{Error, Result};
 const BATCH_DOCS: usize = 256;
 /// ... or this many bytes of text.
 const BATCH_BYTES: usize = 4 << 20;
+/// A text document longer than this is tokenized a window at a time ([`ChunkedText`]), its ids
+/// packed as they come: memory does not grow with a document's length.
+const CHUNKED_TEXT_BYTES: usize = 256 << 10;
 /// Files named in the "no documents" error before "and N more".
 const FILES_NAMED: usize = 5;
 
@@ -34,7 +38,12 @@ enum State {
 /// error naming the files. After an error the stream ends.
 ///
 /// Truncation and padding configured in `tokenizer.json` are ignored (a clone of the tokenizer
-/// without them is used): documents are packed, never cut.
+/// without them is used): documents are packed, never cut. So is the post-processor, which adds
+/// no id without special tokens (it only moves offsets).
+///
+/// A long text document (over 256 KiB, or a text file read in parts) is tokenized a window at a
+/// time with the ids of tokenizing it whole (see `chunk.rs`) and packed as it goes, so memory
+/// stays bounded whatever a document's length.
 pub struct SequenceStream {
     reader: DocumentReader,
     tokenizer: Arc<Tokenizer>,
@@ -43,6 +52,15 @@ pub struct SequenceStream {
     state: State,
     tokens: u64,
     documents: u64,
+    /// The long text document being tokenized a window at a time.
+    long: Option<LongDocument>,
+}
+
+/// A text document tokenized a window at a time.
+struct LongDocument {
+    text: ChunkedText,
+    loc: Option<DocLocation>,
+    tokens: u64,
 }
 
 /// A document of the batch being assembled, in corpus order.
@@ -63,12 +81,15 @@ impl SequenceStream {
         pad_id: u32,
         vocab_size: usize,
     ) -> Self {
-        let tokenizer = if tokenizer.get_truncation().is_some() || tokenizer.get_padding().is_some()
+        let tokenizer = if tokenizer.get_truncation().is_some()
+            || tokenizer.get_padding().is_some()
+            || tokenizer.get_post_processor().is_some()
         {
             let mut plain = (*tokenizer).clone();
             plain.with_padding(None);
             // Removing truncation cannot fail.
             let _ = plain.with_truncation(None);
+            plain.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
             Arc::new(plain)
         } else {
             tokenizer
@@ -81,6 +102,7 @@ impl SequenceStream {
             state: State::Reading,
             tokens: 0,
             documents: 0,
+            long: None,
         }
     }
 
@@ -105,8 +127,11 @@ impl SequenceStream {
         &self.reader
     }
 
-    /// Read, tokenize and pack the next batch of documents.
+    /// Read, tokenize and pack the next batch of documents (or the next window of a long one).
     fn fill(&mut self) -> Result<()> {
+        if self.long.is_some() {
+            return self.fill_long();
+        }
         let mut texts = Vec::new();
         let mut pending = Vec::new();
         let mut bytes = 0;
@@ -117,6 +142,14 @@ impl SequenceStream {
                     break;
                 }
                 Some(Err(e)) => return Err(e),
+                Some(Ok(Document::Text(text))) if text.len() > CHUNKED_TEXT_BYTES => {
+                    self.start_long(&text, true);
+                    break;
+                }
+                Some(Ok(Document::TextPart(text))) => {
+                    self.start_long(&text, false);
+                    break;
+                }
                 Some(Ok(Document::Text(text))) => {
                     bytes += text.len();
                     texts.push(text);
@@ -178,6 +211,88 @@ impl SequenceStream {
             }
         }
         Ok(())
+    }
+
+    /// Begin a long document (after the batch before it): its first text, and whether that is
+    /// all of it.
+    fn start_long(&mut self, text: &str, whole: bool) {
+        let mut chunked = ChunkedText::new();
+        chunked.push(text);
+        if whole {
+            chunked.finish();
+        }
+        self.long = Some(LongDocument {
+            text: chunked,
+            loc: self.reader.last_location(),
+            tokens: 0,
+        });
+    }
+
+    /// Tokenize and pack the next window of the long document.
+    fn fill_long(&mut self) -> Result<()> {
+        let Some(doc) = self.long.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let (ids, done) = match doc.text.step(&self.tokenizer) {
+                Ok(Step::NeedText) => {
+                    match self.reader.next() {
+                        Some(Ok(Document::TextPart(t))) => doc.text.push(&t),
+                        Some(Ok(Document::Text(t))) => {
+                            doc.text.push(&t);
+                            doc.text.finish();
+                        }
+                        Some(Ok(Document::Tokens(_))) | None => {
+                            return Err(Error::Internal(
+                                "a text document in parts ended without its last part".into(),
+                            ))
+                        }
+                        Some(Err(e)) => return Err(e),
+                    }
+                    continue;
+                }
+                Ok(Step::Ids(ids)) => (ids, false),
+                Ok(Step::Done(ids)) => (ids, true),
+                Err(ChunkError::Tokenizer(e)) => {
+                    return Err(self
+                        .reader
+                        .error_at(doc.loc, format!("tokenizing this document failed: {e}")))
+                }
+                Err(ChunkError::NoBoundary { at_byte }) => {
+                    return Err(self.reader.error_at(
+                        doc.loc,
+                        format!(
+                            "from byte {at_byte} of the document, {} MiB of text hold no word \
+                             boundary of the tokenizer (it has no pre-tokenizer, or this is one \
+                             enormous word), and tokenizing that much at once would take \
+                             gigabytes; split the document (e.g. --text-split blank-line)",
+                            MAX_WINDOW_BYTES >> 20
+                        ),
+                    ))
+                }
+            };
+            if let Some((_, id)) = first_out_of_vocab(&ids, self.vocab_size) {
+                return Err(self.reader.error_at(
+                    doc.loc,
+                    format!(
+                        "the tokenizer produced token id {id}, which is not below the model's \
+                         vocab_size {}; tokenizer.json does not match the model",
+                        self.vocab_size
+                    ),
+                ));
+            }
+            self.packer.push_tokens(&ids);
+            doc.tokens += ids.len() as u64;
+            self.tokens += ids.len() as u64;
+            if done {
+                if doc.tokens > 0 {
+                    self.packer.end_document();
+                    self.documents += 1;
+                }
+                self.long = None;
+            }
+            return Ok(());
+        }
     }
 
     fn push(&mut self, ids: &[u32]) {

@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::cache::{Cache, Unit};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::sha256_file;
+use crate::lock::{Access, DirLock};
 use crate::model::config::ModelConfig;
 use crate::model::train::Student;
 use crate::model::weights::{CONFIG_FILE, TOKENIZER_FILE};
@@ -93,6 +94,10 @@ fn check_context(student: &ModelConfig, cache: &Cache) -> Result<()> {
     }
     Ok(())
 }
+
+/// Lock file of a run directory, held by the `distill` writing it (never deleted: see
+/// [`crate::lock`]).
+pub const RUN_LOCK_FILE: &str = ".lock";
 
 /// Run the distill stage. Metrics go to `RUN/metrics.jsonl`, a summary to `out`.
 pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary> {
@@ -158,6 +163,14 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         total_steps,
     )?;
     let metrics = run_dir.join(METRICS_FILE);
+    // Held to the end of the run, taken before anything looks at what --out holds.
+    let _lock = DirLock::acquire(
+        run_dir,
+        RUN_LOCK_FILE,
+        Access::Exclusive,
+        "taidcache distill",
+        "--out",
+    )?;
     let resume_from = match rundir::start(opts, &identity, out)? {
         Start::Finished { steps } => return finished_summary(&metrics, steps),
         Start::Resume { step, dir } => Some((step, dir)),

@@ -75,12 +75,8 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         .open()
         .map_err(|msg| Error::flag("--device", msg))?;
     let plan = plan::plan(opts)?;
-    if opts.out.exists() && !opts.out.is_dir() {
-        return Err(Error::flag(
-            "--out",
-            format!("{} exists and is not a directory", opts.out.display()),
-        ));
-    }
+    // Held to the end of the run, taken before anything looks at what --out holds.
+    let _lock = crate::cache::lock::lock_for_writing(&opts.out, opts.worker, opts.workers)?;
     let write_opts = WriteOptions {
         zstd_level: opts.zstd_level,
         row_group_rows: default_row_group_rows(opts.seq_len, opts.top_k),

@@ -19,7 +19,8 @@ pub struct PrecomputeOptions {
     /// Teacher: a Hugging Face model directory (config.json, safetensors, tokenizer.json).
     #[arg(long, value_name = "DIR", default_value = "", hide_default_value = true, value_parser = crate::config::path_arg)]
     pub teacher: PathBuf,
-    /// Corpus files or directories (.jsonl, .txt, .parquet).
+    /// Corpus files or directories (.jsonl, .txt, .parquet); a directory stands for every
+    /// non-hidden file below it, at any depth, sorted by name at each level.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub corpus: Vec<PathBuf>,
     /// Cache directory to create, or to resume if it holds an unfinished run of the same inputs.

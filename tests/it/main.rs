@@ -5,6 +5,7 @@
 mod common;
 
 mod cache_pyarrow;
+mod concurrency;
 mod demo;
 mod distill;
 mod errors;

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use self::jsonl::JsonlSource;
 use self::parquet::ParquetSource;
+#[cfg(test)]
+pub(crate) use self::text::TEXT_PART_BYTES;
 use self::text::{TextBlockSource, TextFileSource};
 use super::{expand_inputs, CorpusFormat, CorpusOptions, Document, TextSplit};
 use crate::error::{Error, Result};
@@ -54,8 +56,9 @@ struct Skipped {
 
 /// Streams documents from a list of corpus files, in order (directories expanded as in
 /// [`super::expand_inputs`]). Memory does not grow with file size: JSONL is read line by line,
-/// Parquet record batch by record batch (1024 rows, only the document column), text files one
-/// file (in [`TextSplit::File`] mode) or one block (in [`TextSplit::BlankLine`] mode) at a time.
+/// Parquet record batch by record batch (1024 rows, only the document column), text files 1 MiB
+/// at a time (in [`TextSplit::File`] mode, a longer file is one document in
+/// [`Document::TextPart`]s) or one block (in [`TextSplit::BlankLine`] mode) at a time.
 ///
 /// Field typing is detected per value (see the [module documentation](super)): a string is a
 /// [`Document::Text`], an array (JSONL) or list column (Parquet) of integers is a
@@ -173,7 +176,10 @@ impl Iterator for DocumentReader {
             match source.next(path, &self.opts.text_field, &mut self.skipped) {
                 Some(Ok((doc, place))) => {
                     self.last = Some(DocLocation { file: *i, place });
-                    self.documents += 1;
+                    // A document in parts counts once, at its last part.
+                    if !matches!(doc, Document::TextPart(_)) {
+                        self.documents += 1;
+                    }
                     return Some(Ok(doc));
                 }
                 Some(Err(e)) => {
@@ -248,6 +254,8 @@ impl Source {
 fn is_empty(doc: &Document) -> bool {
     match doc {
         Document::Text(t) => t.is_empty(),
+        // A part is never empty, and the document it starts has text.
+        Document::TextPart(_) => false,
         Document::Tokens(ids) => ids.is_empty(),
     }
 }

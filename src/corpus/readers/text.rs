@@ -1,31 +1,47 @@
-//! The text sources: a whole `.txt` file as one document ([`TextSplit::File`]), or its blocks
-//! of lines separated by blank lines ([`TextSplit::BlankLine`]).
+//! The text sources: a whole `.txt` file as one document ([`TextSplit::File`], read in parts so
+//! that a book does not sit in memory), or its blocks of lines separated by blank lines
+//! ([`TextSplit::BlankLine`]).
 //!
 //! [`TextSplit::File`]: crate::corpus::TextSplit::File
 //! [`TextSplit::BlankLine`]: crate::corpus::TextSplit::BlankLine
 
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 
 use super::lines::{Lines, BOM};
 use super::{Next, Place, Skipped};
 use crate::corpus::Document;
 use crate::error::{Error, IoContext, Result};
 
-/// A text file read as one document.
+/// Bytes of a text file read at a time: a file longer than this is one document yielded in
+/// parts ([`Document::TextPart`]), so that reading never holds more than a part.
+pub(crate) const TEXT_PART_BYTES: usize = 1 << 20;
+
+/// A text file read as one document, in parts of [`TEXT_PART_BYTES`].
 pub(super) struct TextFileSource {
-    path: PathBuf,
+    reader: BufReader<File>,
     file_len: u64,
     bytes: u64,
+    /// The bytes of a character a part's end cut, carried to the next part.
+    carry: Vec<u8>,
+    /// Lines before the current part, for the line of a UTF-8 error.
+    lines: u64,
+    started: bool,
     done: bool,
 }
 
 impl TextFileSource {
     pub(super) fn open(path: &Path) -> Result<Self> {
-        let file_len = std::fs::metadata(path).at(path)?.len();
+        let file = File::open(path).at(path)?;
+        let file_len = file.metadata().at(path)?.len();
         Ok(TextFileSource {
-            path: path.to_path_buf(),
+            reader: BufReader::new(file),
             file_len,
             bytes: 0,
+            carry: Vec::new(),
+            lines: 0,
+            started: false,
             done: false,
         })
     }
@@ -42,20 +58,32 @@ impl TextFileSource {
         if self.done {
             return None;
         }
-        self.done = true;
-        let bytes = match std::fs::read(&self.path).at(path) {
-            Ok(b) => b,
+        let mut part = std::mem::take(&mut self.carry);
+        let wanted = TEXT_PART_BYTES.saturating_sub(part.len()) as u64;
+        let read = (&mut self.reader).take(wanted).read_to_end(&mut part);
+        let read = read.and_then(|n| Ok((n, self.reader.fill_buf()?.is_empty())));
+        let (n, at_end) = match read.at(path) {
+            Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        self.bytes = self.file_len;
-        let body = bytes.strip_prefix(BOM).unwrap_or(&bytes);
-        let text = match std::str::from_utf8(body) {
-            Ok(t) => t.to_owned(),
+        self.bytes += n as u64;
+        if !self.started {
+            self.started = true;
+            if part.starts_with(BOM) {
+                part.drain(..BOM.len());
+            }
+        }
+        let valid = match std::str::from_utf8(&part) {
+            Ok(_) => part.len(),
+            // A character cut by the part's end: finished by the next part.
+            Err(e) if e.error_len().is_none() && !at_end => e.valid_up_to(),
             Err(e) => {
-                let line = 1 + body[..e.valid_up_to()]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count();
+                let line = self.lines
+                    + 1
+                    + part[..e.valid_up_to()]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count() as u64;
                 return Some(Err(Error::corpus(
                     path,
                     format!("line {line}"),
@@ -63,11 +91,20 @@ impl TextFileSource {
                 )));
             }
         };
-        if text.is_empty() {
-            skipped.empty += 1;
-            return None;
+        self.carry = part.split_off(valid);
+        self.lines += part.iter().filter(|&&b| b == b'\n').count() as u64;
+        let text = String::from_utf8(part).expect("validated above");
+        if at_end {
+            self.done = true;
+            if text.is_empty() {
+                // Only an empty file ends on an empty part: a part before it would have seen
+                // the end.
+                skipped.empty += 1;
+                return None;
+            }
+            return Some(Ok((Document::Text(text), Place::WholeFile)));
         }
-        Some(Ok((Document::Text(text), Place::WholeFile)))
+        Some(Ok((Document::TextPart(text), Place::WholeFile)))
     }
 }
 

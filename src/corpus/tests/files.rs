@@ -84,6 +84,42 @@ fn directory_expands_to_its_files_sorted_by_name_without_hidden_files() {
 }
 
 #[test]
+fn directories_are_read_at_every_depth_and_a_link_loop_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("corpus");
+    write(&d, "a.txt", "a");
+    write(&d, "one/b.txt", "b");
+    write(&d, "one/two/three/c.txt", "c");
+    let files = expand_inputs(std::slice::from_ref(&d)).unwrap();
+    assert_eq!(
+        files,
+        [
+            d.join("a.txt"),
+            d.join("one/b.txt"),
+            d.join("one/two/three/c.txt")
+        ]
+    );
+    // The manifest records each file with its subdirectories.
+    let infos = describe_files(std::slice::from_ref(&d)).unwrap();
+    assert_eq!(
+        infos[2].path,
+        d.join("one/two/three/c.txt").display().to_string()
+    );
+    #[cfg(unix)]
+    {
+        let link = d.join("one/two/back");
+        std::os::unix::fs::symlink(d.join("one"), &link).unwrap();
+        let err = expand_inputs(std::slice::from_ref(&d))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&link.display().to_string()) && err.contains("link back to"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn describe_files_reports_format_size_and_xxh3_of_each_file() {
     let dir = tempfile::tempdir().unwrap();
     let a = write(dir.path(), "a.jsonl", "{\"text\":\"hello\"}\n");

@@ -1,6 +1,7 @@
 //! Tests of the readers, file listing and the whole stage, one file per topic, sharing the
 //! helpers below. Packer tests are in `pack.rs`, tokenizer-helper tests in `testing.rs`.
 
+mod chunk;
 mod files;
 mod jsonl;
 mod parquet;
