@@ -163,7 +163,8 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         total_steps,
     )?;
     let metrics = run_dir.join(METRICS_FILE);
-    // Held to the end of the run, taken before anything looks at what --out holds.
+    rundir::check(opts)?;
+    // Held to the end of the run, taken before anything changes what --out holds.
     let _lock = DirLock::acquire(
         run_dir,
         RUN_LOCK_FILE,

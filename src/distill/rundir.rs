@@ -93,6 +93,62 @@ fn non_empty(dir: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(dir).at(dir)?.next().is_some())
 }
 
+/// Refuse `--out` before its lock is taken when what it holds already says no (another run
+/// without `--resume`, a model in `final/`, other people's files): a refused directory gets no
+/// lock file. [`start`] asks the same again under the lock.
+pub fn check(opts: &DistillOptions) -> Result<()> {
+    if opts.overwrite || !opts.out.is_dir() {
+        return Ok(());
+    }
+    match refusal(opts, &Contents::read(&opts.out)?, &opts.out) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Why `RUN/` holding `c` cannot take the run of `opts` without `--overwrite`, if it cannot.
+fn refusal(opts: &DistillOptions, c: &Contents, run: &Path) -> Option<Error> {
+    if opts.overwrite {
+        return None;
+    }
+    let shown = run.display();
+    let refuse = |msg: String| Some(Error::flag("--out", msg));
+    if !opts.resume {
+        if c.has_run() {
+            return refuse(format!(
+                "{shown} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --out"
+            ));
+        }
+        if c.final_model {
+            return refuse(format!(
+                "{} already holds a model; pass --overwrite to replace it or choose another --out",
+                run.join(FINAL_DIR).display()
+            ));
+        }
+        if !c.foreign.is_empty() {
+            return refuse(format!(
+                "{shown} holds files that are not a taidcache run ({}); pass --overwrite to write the run beside them or choose another --out",
+                c.foreign_list()
+            ));
+        }
+        return None;
+    }
+    if !c.has_run() && (c.final_model || !c.foreign.is_empty()) {
+        return Some(Error::flag(
+            "--resume",
+            format!(
+                "{shown} holds no taidcache run to resume ({}); choose another --out",
+                if c.final_model {
+                    "only a model in final/".to_string()
+                } else {
+                    format!("it holds {}", c.foreign_list())
+                }
+            ),
+        ));
+    }
+    None
+}
+
 /// Decide how the run of `opts` (whose identity is `identity`) starts in `--out`, say so on
 /// `out` when it is not a plain fresh start, and prepare `RUN/`: create it and write
 /// `run.json` for a fresh run; drop the metrics of a run that had no checkpoint to resume from.
@@ -131,43 +187,15 @@ pub fn start(opts: &DistillOptions, identity: &RunIdentity, out: &mut dyn Write)
         }
         return fresh(run, identity);
     }
-    let refuse = |msg: String| Err(Error::flag("--out", msg));
+    if let Some(e) = refusal(opts, &c, run) {
+        return Err(e);
+    }
     if !opts.resume {
-        if c.has_run() {
-            return refuse(format!(
-                "{shown} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --out"
-            ));
-        }
-        if c.final_model {
-            return refuse(format!(
-                "{} already holds a model; pass --overwrite to replace it or choose another --out",
-                run.join(FINAL_DIR).display()
-            ));
-        }
-        if !c.foreign.is_empty() {
-            return refuse(format!(
-                "{shown} holds files that are not a taidcache run ({}); pass --overwrite to write the run beside them or choose another --out",
-                c.foreign_list()
-            ));
-        }
         return fresh(run, identity);
     }
 
     // --resume
     if !c.has_run() {
-        if c.final_model || !c.foreign.is_empty() {
-            return Err(Error::flag(
-                "--resume",
-                format!(
-                    "{shown} holds no taidcache run to resume ({}); choose another --out",
-                    if c.final_model {
-                        "only a model in final/".to_string()
-                    } else {
-                        format!("it holds {}", c.foreign_list())
-                    }
-                ),
-            ));
-        }
         writeln!(
             out,
             "{shown}: nothing to resume (no run was started there); starting a new run"

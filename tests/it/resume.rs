@@ -452,7 +452,10 @@ fn out_with_a_model_in_final_or_foreign_files_is_not_overwritten_without_overwri
     let mut file = options(&s, "notes.txt");
     file.out = f.out.join("notes.txt");
     let e = refused(&file);
-    assert!(e.contains("is a file, not a run directory"), "{e}");
+    assert!(
+        e.contains("notes.txt exists and is not a directory; choose another --out"),
+        "{e}"
+    );
 }
 
 #[test]
