@@ -69,6 +69,27 @@ fn open_cache(dir: &Path, flag: &str) -> Result<Cache> {
     Cache::open_complete(dir)
 }
 
+/// Refuse an eval cache of another teacher than the training cache, unless `any_teacher`:
+/// its KL would measure the distance to another model.
+fn same_teacher(cache: &Cache, eval: &Cache, any_teacher: bool) -> Result<()> {
+    match cache.manifest().teacher_diff(eval.manifest()) {
+        Some(d) if !any_teacher => Err(Error::flag(
+            "--eval-cache",
+            format!(
+                "{} was made by {} than --cache {} ({} differs: {} there, {} in --cache); \
+                 evaluate on a cache of the same teacher, or pass --eval-cache-any-teacher",
+                eval.dir().display(),
+                d.what(),
+                cache.dir().display(),
+                d.field,
+                d.theirs,
+                d.ours
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Run the distill stage. Metrics go to `RUN/metrics.jsonl`, a summary to `out`.
 pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary> {
     let started = Instant::now();
@@ -121,6 +142,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     let eval_source: Option<(Cache, Vec<Unit>)> = match &opts.eval_cache {
         Some(dir) => {
             let c = open_cache(dir, "--eval-cache")?;
+            same_teacher(&cache, &c, opts.eval_cache_any_teacher)?;
             c.check_student(student.config.vocab_size, tok_sha.as_deref())?;
             let (all, _) = c.units(0.0)?;
             Some((c, all))
