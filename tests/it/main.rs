@@ -9,6 +9,7 @@ mod demo;
 mod distill;
 mod errors;
 mod forward_golden;
+mod identity;
 mod pipelines;
 mod precompute;
 mod readme;
