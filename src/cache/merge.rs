@@ -354,6 +354,23 @@ mod tests {
     }
 
     #[test]
+    fn merge_names_a_misplaced_worker_manifest_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ms = write_workers(dir.path());
+        ms[1].worker = None;
+        ms[1]
+            .save_atomic(&worker_manifest_path(dir.path(), 1, 3))
+            .unwrap();
+        let err = merge(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("field `worker`: is not set (a single-process manifest), but the file name says worker 1 of 3")
+                && !err.contains("Some(")
+                && !err.contains("WorkerInfo"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn merge_refuses_a_gap_naming_the_missing_sequences() {
         let dir = tempfile::tempdir().unwrap();
         let mut ms = write_workers(dir.path());

@@ -327,6 +327,33 @@ mod tests {
     }
 
     #[test]
+    fn a_vocab_beyond_the_bitset_finds_repeated_ids_without_allocating_by_the_vocab() {
+        let vocab = BITSET_MAX_VOCAB * 64;
+        let mut checker = PositionChecker::new(3, vocab);
+        assert!(checker.seen.is_empty(), "no bitset over {vocab} ids");
+        let mut b = ShardBatch::new(1, 3);
+        b.seq_ids.push(0);
+        b.input_ids.push(1);
+        b.loss_mask.push(true);
+        b.topk_ids.extend([9, (vocab - 1) as u32, 9]);
+        b.topk_logprobs
+            .extend([0.5f64, 0.3, 0.15].map(|p| f16::from_f64(p.ln())));
+        b.tail_logmass.push(0.05f32.ln());
+        let err = checker.check_position(&b, 0, 3).unwrap_err();
+        assert_eq!(err, "topk_ids[2] = 9 appears twice");
+        b.topk_ids[2] = 10;
+        checker.check_position(&b, 0, 3).unwrap();
+        assert_eq!(
+            check_ids(&b, vocab - 1),
+            Err(format!(
+                "row 0 position 0: top-k id {} >= vocab_size {}",
+                vocab - 1,
+                vocab - 1
+            ))
+        );
+    }
+
+    #[test]
     fn verify_tolerance_accepts_f16_rounding_but_not_a_one_percent_error() {
         let mut checker = PositionChecker::new(2, 10);
         let mut b = ShardBatch::new(1, 2);
