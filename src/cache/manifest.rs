@@ -359,10 +359,7 @@ impl Manifest {
     /// caches of the same teacher may still differ in corpus, packing or top-k.
     pub(crate) fn teacher_diff(&self, other: &Manifest) -> Option<IdentityDiff> {
         let (t, u) = (&self.teacher, &other.teacher);
-        let recorded = |w: &Option<String>| {
-            w.clone()
-                .unwrap_or_else(|| "none recorded (written by an older taidcache)".into())
-        };
+        let recorded = |w: &Option<String>| w.clone().unwrap_or_else(|| "none".into());
         same("teacher.model_type", &t.model_type, &u.model_type)
             .or_else(|| same("teacher.architecture", &t.architecture, &u.architecture))
             .or_else(|| same("teacher.vocab_size", &t.vocab_size, &u.vocab_size))
@@ -419,8 +416,8 @@ impl IdentityDiff {
     pub fn what(&self) -> &'static str {
         let f = self.field.as_str();
         if f == "teacher.weights_xxh3" {
-            if self.ours.starts_with("none recorded") || self.theirs.starts_with("none recorded") {
-                "a teacher whose weights were not hashed (an older taidcache)"
+            if self.ours == "none" || self.theirs == "none" {
+                "an older taidcache, which did not hash the teacher's weights"
             } else {
                 "a teacher with other weights"
             }
