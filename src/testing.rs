@@ -75,6 +75,7 @@ pub fn sample_manifest(shards: u64, rows: u64) -> crate::cache::manifest::Manife
                 "model.safetensors".to_string(),
                 "a".repeat(64),
             )]),
+            weights_xxh3: Some("d".repeat(32)),
             source: "models/teacher".into(),
         },
         tokenizer_sha256: "b".repeat(64),

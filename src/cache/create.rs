@@ -4,7 +4,8 @@
 //!
 //! A cache directory holds only what [`layout`](super::layout) names. On resume, the existing
 //! manifests must describe the same cache (teacher, tokenizer, corpus, packing, top-k, encoding:
-//! [`Manifest::identity_matches`]); the shards they list with the recorded size are kept, and the
+//! [`Manifest::identity_matches`]); the shards they list with the recorded size and xxh3 are kept
+//! (the others are computed again, and a complete cache with such a shard is not complete), and the
 //! leftovers of a killed run — never listed anywhere — are deleted: `manifest.json.tmp` (one
 //! process only: with several, another may be writing it) and this worker's own `.tmp` shards
 //! (another worker may be writing its own).
@@ -14,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use super::batch::ShardBatch;
 use super::layout::{
-    is_cache_entry, shard_file_name, shard_rel_path, tmp_path, unfinished_shard_index,
-    worker_manifest_path, MANIFEST_FILE, SHARDS_DIR, WORKER_MANIFESTS_DIR,
+    is_cache_entry, parse_worker_file_name, shard_file_name, shard_rel_path, tmp_path,
+    unfinished_shard_index, worker_manifest_path, MANIFEST_FILE, SHARDS_DIR, WORKER_MANIFESTS_DIR,
 };
 use super::manifest::{Manifest, ShardEntry};
 use super::merge::merge;
+use super::validate::{check_listed_file, FileCheck};
 use super::writer::{ShardWriter, WriteOptions};
 use crate::error::{Error, IoContext, Result};
 
@@ -45,6 +47,8 @@ pub struct CacheWriter {
     write: WriteOptions,
     /// Shards complete before this run, by index.
     done: Vec<u64>,
+    /// Why listed shards are computed again: one sentence each, naming the file.
+    redone: Vec<String>,
     open: Option<(u64, ShardWriter)>,
     written: WrittenShards,
 }
@@ -82,36 +86,82 @@ impl CacheWriter {
             dir.join(MANIFEST_FILE)
         };
         // A merged or single-process manifest must describe the same cache, whoever we are.
+        let main_path = dir.join(MANIFEST_FILE);
         let mut done = BTreeMap::new();
-        for path in [dir.join(MANIFEST_FILE), manifest_path.clone()] {
+        let mut redone = Vec::new();
+        let mut paths = vec![main_path.clone()];
+        if manifest_path != main_path {
+            paths.push(manifest_path.clone());
+            // Joining workers must share the identity too, not only at the merge: a worker of
+            // another teacher would compute its whole share before the merge refused it.
+            let d = dir.join(WORKER_MANIFESTS_DIR);
+            for entry in std::fs::read_dir(&d).at(&d)? {
+                let path = entry.at(&d)?.path();
+                let other = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_worker_file_name)
+                    .is_some_and(|(i, n)| n == count && i != index);
+                if other {
+                    paths.push(path);
+                }
+            }
+        }
+        for path in paths {
             if !path.exists() {
                 continue;
             }
             let existing = Manifest::load(&path)?;
-            existing.identity_matches(&identity).map_err(|diff| {
-                Error::cache(
+            if let Some(d) = existing.identity_diff(&identity) {
+                return Err(Error::cache(
                     &path,
                     format!(
-                        "the cache in {} does not match this run ({diff}); a cache holds one teacher, tokenizer, corpus and packing: choose another --out or delete it",
-                        dir.display()
+                        "the cache in {} does not match this run: it was written by {} ({} differs: the cache has {}, this run {}); \
+                         a cache holds one teacher, tokenizer, corpus and packing: choose another --out or delete it",
+                        dir.display(),
+                        d.what(),
+                        d.field,
+                        d.ours,
+                        d.theirs
                     ),
-                )
-            })?;
-            if existing.worker.is_none() && existing.complete {
-                return Ok(Resumed::Complete);
+                ));
             }
-            if path == manifest_path {
-                if existing.complete {
+            let listed_in = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if path != manifest_path {
+                // Another process's view: only a complete merged cache matters to us.
+                if existing.worker.is_none() && existing.complete {
+                    if let Some((entry, e)) = first_bad_shard(dir, &existing.shards, &listed_in) {
+                        let owner = entry.index % count as u64;
+                        return Err(Error::cache(
+                            dir.join(&entry.path),
+                            format!(
+                                "{}; {MANIFEST_FILE} calls the cache complete: delete {} and re-run \
+                                 worker {owner} (`--worker {owner} --workers {count}`) to compute the shard again",
+                                error_message(e),
+                                path.display()
+                            ),
+                        ));
+                    }
                     return Ok(Resumed::Complete);
                 }
-                for s in existing.shards {
-                    let ok = std::fs::metadata(dir.join(&s.path))
-                        .map(|m| m.len() == s.bytes)
-                        .unwrap_or(false);
-                    if ok {
-                        done.insert(s.index, s);
+                continue;
+            }
+            // Our own manifest: keep each listed shard whose file is intact, compute the rest
+            // again (a complete cache with a lost shard is not complete).
+            for s in existing.shards.iter() {
+                match check_listed_file(dir, s, &listed_in, FileCheck::Hash) {
+                    Ok(()) => {
+                        done.insert(s.index, s.clone());
                     }
+                    Err(e @ Error::Cache { .. }) => redone.push(e.to_string()),
+                    Err(e) => return Err(e),
                 }
+            }
+            if existing.complete && redone.is_empty() {
+                return Ok(Resumed::Complete);
             }
         }
         let manifest_tmp = tmp_path(&dir.join(MANIFEST_FILE));
@@ -135,6 +185,7 @@ impl CacheWriter {
         Ok(Resumed::Open(Box::new(CacheWriter {
             dir: dir.to_path_buf(),
             manifest_path,
+            redone,
             done: manifest.shards.iter().map(|s| s.index).collect(),
             manifest,
             write,
@@ -146,6 +197,12 @@ impl CacheWriter {
     /// Shards found complete from an earlier run.
     pub fn resumed_shards(&self) -> usize {
         self.done.len()
+    }
+
+    /// Shards the manifest listed whose file was missing, resized or corrupt, and which this
+    /// run computes again: why, one sentence each naming the file.
+    pub fn redone_shards(&self) -> &[String] {
+        &self.redone
     }
 
     /// Which shards are this worker's and still to be written, as a test another thread (the
@@ -210,6 +267,27 @@ impl CacheWriter {
         self.manifest.complete = true;
         self.manifest.save_atomic(&self.manifest_path)?;
         Ok((self.manifest, self.written))
+    }
+}
+
+/// The first of `shards` whose file is not what `listed_in` records, with the error.
+fn first_bad_shard<'a>(
+    dir: &Path,
+    shards: &'a [ShardEntry],
+    listed_in: &str,
+) -> Option<(&'a ShardEntry, Error)> {
+    shards.iter().find_map(|s| {
+        check_listed_file(dir, s, listed_in, FileCheck::Hash)
+            .err()
+            .map(|e| (s, e))
+    })
+}
+
+/// An error's sentence without the path it starts with (the caller names the path itself).
+fn error_message(e: Error) -> String {
+    match e {
+        Error::Cache { msg, .. } => msg,
+        e => e.to_string(),
     }
 }
 

@@ -15,6 +15,10 @@ use super::encoding::Encoding;
 use super::layout::{commit_tmp, tmp_path};
 use crate::error::{Error, IoContext, Result};
 
+/// The largest vocabulary a manifest may claim: token ids are u32, and readers size buffers by
+/// the vocabulary, so a corrupt claim must not reach an allocation.
+pub const MAX_VOCAB_SIZE: usize = 1 << 31;
+
 /// The manifest of a cache (`CACHE/manifest.json`) or of one worker's share of it
 /// (`CACHE/manifests/worker-I-of-N.json`, with `worker` set).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +59,11 @@ pub struct TeacherInfo {
     pub config_sha256: String,
     /// safetensors file name -> sha256 of its header (names, dtypes, shapes, offsets).
     pub safetensors_header_sha256: BTreeMap<String, String>,
+    /// xxh3-128 of the weights' content (every tensor's name, dtype, shape and bytes, in name
+    /// order; `model::weights::MappedWeights::content_xxh3`). Absent in manifests written before
+    /// it existed: such a cache can be read, but not resumed or joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_xxh3: Option<String>,
     /// The model directory as given on the command line (informational, not identity).
     pub source: String,
 }
@@ -149,8 +158,66 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Structural checks that serde cannot express.
+    /// Structural checks that serde cannot express. Bounds what readers may allocate from the
+    /// manifest's claims (the vocabulary), and refuses a shard list that would make a reader
+    /// read rows twice.
     fn check(&self, path: &Path) -> Result<()> {
+        for (field, vocab) in [
+            ("vocab_size", self.vocab_size),
+            ("teacher.vocab_size", self.teacher.vocab_size),
+        ] {
+            if vocab == 0 || vocab > MAX_VOCAB_SIZE {
+                return Err(Error::field(
+                    path,
+                    field,
+                    format!(
+                        "{vocab} is not a vocabulary size taidcache supports (1 to {MAX_VOCAB_SIZE}, \
+                         token ids are u32); the manifest is corrupt"
+                    ),
+                ));
+            }
+        }
+        if self.top_k == 0 || self.top_k > self.vocab_size {
+            return Err(Error::field(
+                path,
+                "top_k",
+                format!(
+                    "{} is not in 1..={} (vocab_size)",
+                    self.top_k, self.vocab_size
+                ),
+            ));
+        }
+        let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let key = shard.path.trim_start_matches("./");
+            if let Some(first) = by_path.insert(key, i) {
+                return Err(Error::field(
+                    path,
+                    format!("shards[{i}].path"),
+                    format!(
+                        "`{}` is listed twice (also shards[{first}]); each shard file holds its \
+                         rows once: the manifest is corrupt",
+                        shard.path
+                    ),
+                ));
+            }
+        }
+        let mut by_seq: Vec<usize> = (0..self.shards.len()).collect();
+        by_seq.sort_by_key(|&i| (self.shards[i].seq_id_start, self.shards[i].seq_id_end));
+        for pair in by_seq.windows(2) {
+            let (a, b) = (&self.shards[pair[0]], &self.shards[pair[1]]);
+            if b.seq_id_start < a.seq_id_end {
+                return Err(Error::field(
+                    path,
+                    format!("shards[{}]", pair[1]),
+                    format!(
+                        "sequences {}..{} overlap shards[{}]'s {}..{}; each sequence is in one \
+                         shard: the manifest is corrupt",
+                        b.seq_id_start, b.seq_id_end, pair[0], a.seq_id_start, a.seq_id_end
+                    ),
+                ));
+            }
+        }
         for (i, shard) in self.shards.iter().enumerate() {
             check_relative(&shard.path)
                 .map_err(|msg| Error::field(path, format!("shards[{i}].path"), msg))?;
@@ -218,8 +285,8 @@ impl Manifest {
     }
 
     /// Whether `other` describes a cache of the same inputs, so that one may resume or merge
-    /// with the other: same teacher (model type, architecture, vocab, config and header hashes),
-    /// tokenizer, corpus files (format, size, xxh3; not their paths), text field/split, packing,
+    /// with the other: same teacher (model type, architecture, vocab, config and header hashes,
+    /// weights' content hash: a manifest without one matches none that has one), tokenizer, corpus files (format, size, xxh3; not their paths), text field/split, packing,
     /// top-k, vocab, dtype, temperature, value encoding and format version. Informational fields
     /// (`taidcache_version`, `teacher.source`, corpus paths) and progress may differ.
     ///
@@ -233,14 +300,6 @@ impl Manifest {
 
     /// The first identity field that differs, with both values rendered as JSON-ish text.
     pub(crate) fn identity_diff(&self, other: &Manifest) -> Option<IdentityDiff> {
-        fn same<T: PartialEq + std::fmt::Debug>(field: &str, a: &T, b: &T) -> Option<IdentityDiff> {
-            (a != b).then(|| IdentityDiff {
-                field: field.to_string(),
-                ours: format!("{a:?}"),
-                theirs: format!("{b:?}"),
-            })
-        }
-        let (t, u) = (&self.teacher, &other.teacher);
         let (c, d) = (&self.corpus, &other.corpus);
         let (p, q) = (&self.packing, &other.packing);
         let files = || {
@@ -259,24 +318,7 @@ impl Manifest {
             &self.format_version,
             &other.format_version,
         )
-        .or_else(|| same("teacher.model_type", &t.model_type, &u.model_type))
-        .or_else(|| same("teacher.architecture", &t.architecture, &u.architecture))
-        .or_else(|| same("teacher.vocab_size", &t.vocab_size, &u.vocab_size))
-        .or_else(|| same("teacher.config_sha256", &t.config_sha256, &u.config_sha256))
-        .or_else(|| {
-            same(
-                "teacher.safetensors_header_sha256",
-                &t.safetensors_header_sha256,
-                &u.safetensors_header_sha256,
-            )
-        })
-        .or_else(|| {
-            same(
-                "tokenizer_sha256",
-                &self.tokenizer_sha256,
-                &other.tokenizer_sha256,
-            )
-        })
+        .or_else(|| self.teacher_diff(other))
         .or_else(|| same("corpus.files (count)", &c.files.len(), &d.files.len()))
         .or_else(files)
         .or_else(|| same("corpus.text_field", &c.text_field, &d.text_field))
@@ -312,6 +354,39 @@ impl Manifest {
         })
     }
 
+    /// The first field of the teacher's identity that differs: model type, architecture, vocab,
+    /// config, safetensors headers, weights' content and tokenizer (not `teacher.source`). Two
+    /// caches of the same teacher may still differ in corpus, packing or top-k.
+    pub(crate) fn teacher_diff(&self, other: &Manifest) -> Option<IdentityDiff> {
+        let (t, u) = (&self.teacher, &other.teacher);
+        let recorded = |w: &Option<String>| w.clone().unwrap_or_else(|| "none".into());
+        same("teacher.model_type", &t.model_type, &u.model_type)
+            .or_else(|| same("teacher.architecture", &t.architecture, &u.architecture))
+            .or_else(|| same("teacher.vocab_size", &t.vocab_size, &u.vocab_size))
+            .or_else(|| same("teacher.config_sha256", &t.config_sha256, &u.config_sha256))
+            .or_else(|| {
+                same(
+                    "teacher.safetensors_header_sha256",
+                    &t.safetensors_header_sha256,
+                    &u.safetensors_header_sha256,
+                )
+            })
+            .or_else(|| {
+                (t.weights_xxh3 != u.weights_xxh3).then(|| IdentityDiff {
+                    field: "teacher.weights_xxh3".into(),
+                    ours: recorded(&t.weights_xxh3),
+                    theirs: recorded(&u.weights_xxh3),
+                })
+            })
+            .or_else(|| {
+                same(
+                    "tokenizer_sha256",
+                    &self.tokenizer_sha256,
+                    &other.tokenizer_sha256,
+                )
+            })
+    }
+
     /// Σ tokens over the shards.
     pub fn total_tokens(&self) -> u64 {
         self.shards.iter().map(|s| s.tokens).sum()
@@ -334,6 +409,39 @@ pub(crate) struct IdentityDiff {
     pub field: String,
     pub ours: String,
     pub theirs: String,
+}
+
+impl IdentityDiff {
+    /// What the difference means, in words: "a teacher with other weights", "another corpus".
+    pub fn what(&self) -> &'static str {
+        let f = self.field.as_str();
+        if f == "teacher.weights_xxh3" {
+            if self.ours == "none" || self.theirs == "none" {
+                "an older taidcache, which did not hash the teacher's weights"
+            } else {
+                "a teacher with other weights"
+            }
+        } else if f.starts_with("teacher.") {
+            "another teacher"
+        } else if f == "tokenizer_sha256" {
+            "another tokenizer"
+        } else if f.starts_with("corpus.") {
+            "another corpus"
+        } else if f.starts_with("packing.") {
+            "other packing settings"
+        } else {
+            "other settings"
+        }
+    }
+}
+
+/// `a` and `b` as the value of `field`, when they differ.
+fn same<T: PartialEq + std::fmt::Debug>(field: &str, a: &T, b: &T) -> Option<IdentityDiff> {
+    (a != b).then(|| IdentityDiff {
+        field: field.to_string(),
+        ours: format!("{a:?}"),
+        theirs: format!("{b:?}"),
+    })
 }
 
 /// A shard path must be relative and stay inside the cache directory.
@@ -488,52 +596,142 @@ mod tests {
             .starts_with("corpus.files[0].xxh3 differs"));
     }
 
-    /// The JSON Schema lists exactly the fields serde writes, all required, at every level.
+    /// The JSON Schema of every format version lists exactly the fields serde writes, at every
+    /// level, all required but the optional ones (absent from manifests of older releases).
     #[test]
     fn manifest_json_schema_lists_exactly_the_serialized_fields() {
-        let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../schemas/v1/manifest.schema.json")).unwrap();
-        let mut m = sample_manifest(1, 2);
-        m.worker = Some(WorkerInfo { index: 0, count: 1 });
-        let value = serde_json::to_value(&m).unwrap();
-        let defs = &schema["$defs"];
-        let objects = [
-            ("manifest", &schema, &value),
-            ("teacher", &defs["teacher"], &value["teacher"]),
-            ("corpus", &defs["corpus"], &value["corpus"]),
-            (
-                "corpus.files[]",
-                &defs["corpus"]["properties"]["files"]["items"],
-                &value["corpus"]["files"][0],
-            ),
-            ("packing", &defs["packing"], &value["packing"]),
-            ("worker", &defs["worker"], &value["worker"]),
-            ("shard", &defs["shard"], &value["shards"][0]),
+        const OPTIONAL: [&str; 1] = ["weights_xxh3"];
+        let schemas = [
+            (1, include_str!("../../schemas/v1/manifest.schema.json")),
+            (2, include_str!("../../schemas/v2/manifest.schema.json")),
+            (3, include_str!("../../schemas/v3/manifest.schema.json")),
         ];
-        for (name, sch, val) in objects {
-            let keys = |v: &serde_json::Value| {
-                let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-                k.sort();
-                k
-            };
-            let mut required: Vec<String> = sch["required"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{name}: no `required`"))
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect();
-            required.sort();
-            assert_eq!(
-                keys(&sch["properties"]),
-                keys(val),
-                "{name}: schema properties vs serde"
-            );
-            assert_eq!(required, keys(val), "{name}: schema `required` vs serde");
-            assert_eq!(sch["additionalProperties"], false, "{name}");
+        for (version, text) in schemas {
+            let schema: serde_json::Value = serde_json::from_str(text).unwrap();
+            let mut m = sample_manifest(1, 2);
+            m.worker = Some(WorkerInfo { index: 0, count: 1 });
+            let value = serde_json::to_value(&m).unwrap();
+            let defs = &schema["$defs"];
+            let objects = [
+                ("manifest", &schema, &value),
+                ("teacher", &defs["teacher"], &value["teacher"]),
+                ("corpus", &defs["corpus"], &value["corpus"]),
+                (
+                    "corpus.files[]",
+                    &defs["corpus"]["properties"]["files"]["items"],
+                    &value["corpus"]["files"][0],
+                ),
+                ("packing", &defs["packing"], &value["packing"]),
+                ("worker", &defs["worker"], &value["worker"]),
+                ("shard", &defs["shard"], &value["shards"][0]),
+            ];
+            for (name, sch, val) in objects {
+                let keys = |v: &serde_json::Value| {
+                    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+                    k.sort();
+                    k
+                };
+                let mut required: Vec<String> = sch["required"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("v{version} {name}: no `required`"))
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect();
+                required.sort();
+                assert_eq!(
+                    keys(&sch["properties"]),
+                    keys(val),
+                    "v{version} {name}: schema properties vs serde"
+                );
+                let mut always = keys(val);
+                always.retain(|k| !OPTIONAL.contains(&k.as_str()));
+                assert_eq!(
+                    required, always,
+                    "v{version} {name}: schema `required` vs serde"
+                );
+                assert_eq!(sch["additionalProperties"], false, "v{version} {name}");
+            }
+            assert_eq!(schema["properties"]["format_version"]["const"], version);
         }
+        let v1: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/v1/manifest.schema.json")).unwrap();
         assert_eq!(
-            schema["properties"]["format_version"]["const"],
+            v1["properties"]["format_version"]["const"],
             crate::cache::FORMAT_VERSION
+        );
+    }
+
+    #[test]
+    fn manifest_without_weights_xxh3_loads_and_matches_no_hashed_teacher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let new = sample_manifest(2, 4);
+        let mut value = serde_json::to_value(&new).unwrap();
+        value["teacher"]
+            .as_object_mut()
+            .unwrap()
+            .remove("weights_xxh3");
+        std::fs::write(&path, value.to_string()).unwrap();
+        let old = Manifest::load(&path).unwrap();
+        assert_eq!(old.teacher.weights_xxh3, None);
+        let d = old.identity_diff(&new).unwrap();
+        assert_eq!(d.field, "teacher.weights_xxh3");
+        assert_eq!(d.theirs, "d".repeat(32));
+        assert!(d.what().contains("older taidcache"), "{}", d.what());
+        let mut other = new.clone();
+        other.teacher.weights_xxh3 = Some("e".repeat(32));
+        let d = new.identity_diff(&other).unwrap();
+        assert_eq!(
+            (d.field.as_str(), d.what()),
+            ("teacher.weights_xxh3", "a teacher with other weights")
+        );
+        old.save_atomic(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("weights_xxh3"), "None is not written");
+    }
+
+    #[test]
+    fn manifest_with_an_implausible_vocab_size_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        for (field, vocab) in [("vocab_size", 1u64 << 40), ("teacher.vocab_size", 0)] {
+            let mut value = serde_json::to_value(sample_manifest(1, 2)).unwrap();
+            match field {
+                "vocab_size" => value["vocab_size"] = vocab.into(),
+                _ => value["teacher"]["vocab_size"] = vocab.into(),
+            }
+            std::fs::write(&path, value.to_string()).unwrap();
+            let err = Manifest::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "field `{field}`: {vocab} is not a vocabulary size"
+                )),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn manifest_listing_a_shard_twice_or_overlapping_ranges_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut m = sample_manifest(3, 4);
+        m.shards[2].path = m.shards[0].path.clone();
+        m.save_atomic(&path).unwrap();
+        let err = Manifest::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("shards[2].path")
+                && err.contains("shards/part-00000.parquet` is listed twice (also shards[0])"),
+            "{err}"
+        );
+        let mut m = sample_manifest(3, 4);
+        // Shard 2 claims sequences 2..6, shard 0's 0..4 and shard 1's 4..8.
+        (m.shards[2].seq_id_start, m.shards[2].seq_id_end) = (2, 6);
+        m.save_atomic(&path).unwrap();
+        let err = Manifest::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("`shards[2]`: sequences 2..6 overlap shards[0]'s 0..4"),
+            "{err}"
         );
     }
 

@@ -95,10 +95,17 @@ fn merge_unlocked(cache: &Path) -> Result<Manifest> {
             count: *count,
         };
         if m.worker != Some(expected) {
+            let found = match m.worker {
+                Some(w) => format!("says worker {} of {}", w.index, w.count),
+                None => "is not set (a single-process manifest)".to_string(),
+            };
             return Err(Error::field(
                 path,
                 "worker",
-                format!("is {:?}, the file name says {expected:?}", m.worker),
+                format!(
+                    "{found}, but the file name says worker {index} of {count}; \
+                     move the file back or re-run that worker"
+                ),
             ));
         }
         if !m.complete {
@@ -126,7 +133,9 @@ fn merge_unlocked(cache: &Path) -> Result<Manifest> {
             return Err(Error::cache(
                 path,
                 format!(
-                    "{what} differs between workers: {} is {} here, {} in {}",
+                    "{what} differs between workers, this worker ran with {} ({} is {} here, {} in {}); \
+                     re-run it with the same inputs as the others",
+                    d.what(),
                     d.field,
                     d.theirs,
                     d.ours,
@@ -135,13 +144,14 @@ fn merge_unlocked(cache: &Path) -> Result<Manifest> {
             ));
         }
         if m.total_sequences != first.total_sequences {
+            let n = |t: Option<u64>| t.map_or("unknown".to_string(), |t| t.to_string());
             return Err(Error::field(
                 path,
                 "total_sequences",
                 format!(
-                    "{:?} here, {:?} in {}: the workers packed the corpus differently",
-                    m.total_sequences,
-                    first.total_sequences,
+                    "{} here, {} in {}: the workers packed the corpus differently",
+                    n(m.total_sequences),
+                    n(first.total_sequences),
                     file_name(first_path)
                 ),
             ));
@@ -333,6 +343,23 @@ mod tests {
             "{err}"
         );
         assert!(!dir.path().join(MANIFEST_FILE).exists());
+    }
+
+    #[test]
+    fn merge_names_a_misplaced_worker_manifest_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ms = write_workers(dir.path());
+        ms[1].worker = None;
+        ms[1]
+            .save_atomic(&worker_manifest_path(dir.path(), 1, 3))
+            .unwrap();
+        let err = merge(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("field `worker`: is not set (a single-process manifest), but the file name says worker 1 of 3")
+                && !err.contains("Some(")
+                && !err.contains("WorkerInfo"),
+            "{err}"
+        );
     }
 
     #[test]

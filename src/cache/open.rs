@@ -8,6 +8,7 @@ use super::encoding::Encoding;
 use super::layout::{MANIFEST_FILE, WORKER_MANIFESTS_DIR};
 use super::manifest::Manifest;
 use super::reader::ShardReader;
+use super::validate::{check_listed_file, FileCheck};
 use crate::error::{Error, Result};
 
 /// An open cache directory: `manifest.json` loaded and checked (format version, paths).
@@ -106,8 +107,9 @@ impl Cache {
         self.dir.join(&self.manifest.shards[i].path)
     }
 
-    /// Open shard `i` and check that it holds what the manifest says: its rows, top-k and
-    /// sequence length.
+    /// Open shard `i` and check that it holds what the manifest says: the file's size, its
+    /// rows, top-k and sequence length (its content hash is the loader's to check, as it reads
+    /// the file anyway).
     pub fn open_shard(&self, i: usize) -> Result<ShardReader> {
         let entry = self.manifest.shards.get(i).ok_or_else(|| {
             Error::Internal(format!(
@@ -115,6 +117,7 @@ impl Cache {
                 self.manifest.shards.len()
             ))
         })?;
+        check_listed_file(&self.dir, entry, MANIFEST_FILE, FileCheck::Size)?;
         let reader = ShardReader::open(&self.dir.join(&entry.path))?;
         let m = &self.manifest;
         let checks = [

@@ -49,6 +49,13 @@ impl ShardReader {
     /// and the schema equal to the format's for that top-k.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).at(path)?;
+        // Mapping a directory fails with "No such device"; say what it is instead.
+        if file.metadata().at(path)?.is_dir() {
+            return Err(Error::cache(
+                path,
+                "is a directory, not a shard file (a Parquet file written by precompute)",
+            ));
+        }
         // SAFETY: shards are immutable once renamed into place (the writer never reopens them).
         // Truncating a shard while it is mapped is outside the contract and may fault.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.at(path)?;

@@ -7,11 +7,64 @@ use std::path::Path;
 
 use super::batch::ShardBatch;
 use super::encoding::{Codec, Encoding};
+use super::layout::MANIFEST_FILE;
+use super::manifest::ShardEntry;
 use super::open::Cache;
 use super::reader::ShardReader;
 use super::schema;
 use crate::error::{Error, Result};
 use crate::hash::xxh3_file;
+
+/// How much of a listed shard [`check_listed_file`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileCheck {
+    /// Present, a file, with the recorded size: a `stat`.
+    Size,
+    /// Also the recorded xxh3 of its contents: one read of the file.
+    Hash,
+}
+
+/// Check the file of a shard entry of the manifest named `listed_in`, in cache directory `dir`:
+/// present, a plain file, the recorded size, and (with [`FileCheck::Hash`]) the recorded xxh3.
+/// The error is one sentence naming the shard file and what is wrong with it.
+pub fn check_listed_file(
+    dir: &Path,
+    entry: &ShardEntry,
+    listed_in: &str,
+    check: FileCheck,
+) -> Result<()> {
+    let path = dir.join(&entry.path);
+    let file_err = |msg: String| Error::cache(&path, msg);
+    let size = match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(file_err(format!(
+                "listed in {listed_in} as a shard, but it is a directory"
+            )))
+        }
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(file_err(format!("listed in {listed_in} but missing")))
+        }
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if size != entry.bytes {
+        return Err(file_err(format!(
+            "{size} bytes on disk, {listed_in} records {}",
+            entry.bytes
+        )));
+    }
+    if check == FileCheck::Hash {
+        let hash = xxh3_file(&path)?;
+        if hash != entry.xxh3 {
+            return Err(file_err(format!(
+                "content hash xxh3 {hash}, {listed_in} records {}: the file is corrupt or \
+                 was replaced",
+                entry.xxh3
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Check shard `i` of `cache` as a file: present with the recorded size and xxh3, its footer
 /// agreeing with the manifest (format version, k, vocab, seq_len) and holding the recorded
@@ -21,27 +74,7 @@ pub fn check_shard_file(cache: &Cache, i: usize) -> Result<ShardReader> {
     let entry = &m.shards[i];
     let path = cache.shard_path(i);
     let file_err = |msg: String| Error::cache(&path, msg);
-    let size = match std::fs::metadata(&path) {
-        Ok(meta) => meta.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(file_err("listed in manifest.json but missing".into()))
-        }
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    if size != entry.bytes {
-        return Err(file_err(format!(
-            "{size} bytes on disk, manifest.json records {}",
-            entry.bytes
-        )));
-    }
-    let hash = xxh3_file(&path)?;
-    if hash != entry.xxh3 {
-        return Err(file_err(format!(
-            "content hash xxh3 {hash}, manifest.json records {}: the file is corrupt or \
-             was replaced",
-            entry.xxh3
-        )));
-    }
+    check_listed_file(cache.dir(), entry, MANIFEST_FILE, FileCheck::Hash)?;
     let reader = ShardReader::open(&path)?;
     let footer = [
         (schema::META_FORMAT_VERSION, m.format_version.to_string()),
@@ -68,11 +101,51 @@ pub fn check_shard_file(cache: &Cache, i: usize) -> Result<ShardReader> {
     Ok(reader)
 }
 
+/// Check that every token id of `b` (inputs and top-k) is below `vocab`, the one invariant a
+/// trainer indexes by. A scan for the maximum, cheap next to decoding; the error names the first
+/// offending row (of `b`) and position.
+pub fn check_ids(b: &ShardBatch, vocab: usize) -> std::result::Result<(), String> {
+    let (s, k) = (b.seq_len.max(1), b.k.max(1));
+    let first_bad = |ids: &[u32]| -> Option<(usize, u32)> {
+        let max = ids.iter().copied().max()?;
+        if (max as usize) < vocab {
+            return None;
+        }
+        ids.iter()
+            .position(|&id| id as usize >= vocab)
+            .map(|i| (i, ids[i]))
+    };
+    if let Some((i, id)) = first_bad(&b.input_ids) {
+        return Err(format!(
+            "row {} position {}: input id {id} >= vocab_size {vocab}",
+            i / s,
+            i % s
+        ));
+    }
+    if let Some((i, id)) = first_bad(&b.topk_ids) {
+        let p = i / k;
+        return Err(format!(
+            "row {} position {}: top-k id {id} >= vocab_size {vocab}",
+            p / s,
+            p % s
+        ));
+    }
+    Ok(())
+}
+
+/// Vocabularies up to this size find repeated top-k ids with a bitset over the vocabulary
+/// (2 MiB); larger ones (which only a corrupt manifest claims) sort a copy of the k ids, so
+/// what `verify` allocates never follows the manifest's claim.
+const BITSET_MAX_VOCAB: usize = 1 << 24;
+
 /// Per-position checks of `verify`, with a reusable seen-ids bitset.
 pub struct PositionChecker {
     k: usize,
     vocab: usize,
+    /// One bit per id when `vocab <= BITSET_MAX_VOCAB`, else empty.
     seen: Vec<u64>,
+    /// The position's ids, sorted, when there is no bitset.
+    sorted: Vec<u32>,
     /// What the positions must look like: log-probs descending (plain, steps) or ids ascending
     /// (compact), and how far quantization may move each probability beyond f16 rounding.
     codec: Codec,
@@ -89,7 +162,12 @@ impl PositionChecker {
         PositionChecker {
             k,
             vocab,
-            seen: vec![0; vocab.div_ceil(64)],
+            seen: if vocab <= BITSET_MAX_VOCAB {
+                vec![0; vocab.div_ceil(64)]
+            } else {
+                Vec::new()
+            },
+            sorted: Vec::new(),
             codec,
         }
     }
@@ -142,6 +220,7 @@ impl PositionChecker {
         let tau = b.tail_logmass[p];
         let ids_ascending = self.codec.encoding().sorted_by_id();
         let mut result = Ok(());
+        let bitset = !self.seen.is_empty();
         for (j, &id) in ids.iter().enumerate() {
             if ids_ascending && j > 0 && id <= ids[j - 1] {
                 result = Err(format!(
@@ -155,15 +234,27 @@ impl PositionChecker {
                 result = Err(format!("topk_ids[{j}] = {id} >= vocab_size {}", self.vocab));
                 break;
             }
-            let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
-            if self.seen[word] & bit != 0 {
-                result = Err(format!("topk_ids[{j}] = {id} appears twice"));
-                break;
+            if bitset {
+                let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+                if self.seen[word] & bit != 0 {
+                    result = Err(format!("topk_ids[{j}] = {id} appears twice"));
+                    break;
+                }
+                self.seen[word] |= bit;
             }
-            self.seen[word] |= bit;
         }
-        for &id in ids.iter().filter(|&&id| (id as usize) < self.vocab) {
-            self.seen[id as usize / 64] = 0;
+        if bitset {
+            for &id in ids.iter().filter(|&&id| (id as usize) < self.vocab) {
+                self.seen[id as usize / 64] = 0;
+            }
+        } else if result.is_ok() {
+            self.sorted.clear();
+            self.sorted.extend_from_slice(ids);
+            self.sorted.sort_unstable();
+            if let Some(w) = self.sorted.windows(2).find(|w| w[0] == w[1]) {
+                let j = ids.iter().rposition(|&id| id == w[0]).unwrap_or(0);
+                result = Err(format!("topk_ids[{j}] = {} appears twice", w[0]));
+            }
         }
         result?;
 
@@ -233,6 +324,33 @@ mod tests {
         assert!(err.contains("not ascending: [1] = 7 >= [2] = 5"), "{err}");
         b.topk_ids[1..].copy_from_slice(&[5, 7]);
         checker.check_position(&b, 0, 3).unwrap();
+    }
+
+    #[test]
+    fn a_vocab_beyond_the_bitset_finds_repeated_ids_without_allocating_by_the_vocab() {
+        let vocab = BITSET_MAX_VOCAB * 64;
+        let mut checker = PositionChecker::new(3, vocab);
+        assert!(checker.seen.is_empty(), "no bitset over {vocab} ids");
+        let mut b = ShardBatch::new(1, 3);
+        b.seq_ids.push(0);
+        b.input_ids.push(1);
+        b.loss_mask.push(true);
+        b.topk_ids.extend([9, (vocab - 1) as u32, 9]);
+        b.topk_logprobs
+            .extend([0.5f64, 0.3, 0.15].map(|p| f16::from_f64(p.ln())));
+        b.tail_logmass.push(0.05f32.ln());
+        let err = checker.check_position(&b, 0, 3).unwrap_err();
+        assert_eq!(err, "topk_ids[2] = 9 appears twice");
+        b.topk_ids[2] = 10;
+        checker.check_position(&b, 0, 3).unwrap();
+        assert_eq!(
+            check_ids(&b, vocab - 1),
+            Err(format!(
+                "row 0 position 0: top-k id {} >= vocab_size {}",
+                vocab - 1,
+                vocab - 1
+            ))
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! - every other option that changes the weights or what `metrics.jsonl` holds: [`Trajectory`].
 //!
 //! Not in it: `--out` and `--config` (where, not what), `--resume` and `--overwrite` (how to
-//! start), `--save-every` (when checkpoints are written, never what they hold), `--save-dtype`
+//! start), `--eval-cache-any-teacher` (a permission; the eval cache enters by content),
+//! `--save-every` (when checkpoints are written, never what they hold), `--save-dtype`
 //! (how `final/` is written; checkpoints are always f32), `--device` (the machine, not the run:
 //! a run may move to another machine, where it matches the uninterrupted run up to floating
 //! point summation order rather than byte for byte) and the progress bar.
@@ -319,7 +320,7 @@ mod tests {
     fn every_option_is_in_the_trajectory_or_documented_as_not() {
         // The options the module documentation says leave the trajectory alone, or enter the
         // identity another way (by content, or resolved into `steps`).
-        const NOT_FLAGS: [&str; 11] = [
+        const NOT_FLAGS: [&str; 12] = [
             "cache",
             "student",
             "eval_cache",
@@ -328,6 +329,7 @@ mod tests {
             "epochs",
             "resume",
             "overwrite",
+            "eval_cache_any_teacher",
             "save_every",
             "save_dtype",
             "device",

@@ -27,6 +27,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::validate::check_ids;
 use crate::cache::{Cache, ShardBatch, ShardReader, Unit};
 use crate::error::{Error, Result};
 use crate::hash::xxh3_file;
@@ -123,6 +124,7 @@ impl Loader {
                 paths,
                 units: units.to_vec(),
                 verify: opts.verify,
+                vocab: manifest.vocab_size,
                 decoded: decoded.clone(),
             },
             opts: opts.clone(),
@@ -221,6 +223,8 @@ struct Shared {
     hashes: Vec<String>,
     verified: Vec<std::sync::OnceLock<()>>,
     verify: bool,
+    /// Token ids must be below it.
+    vocab: usize,
     decoded: Arc<AtomicU64>,
 }
 
@@ -369,6 +373,17 @@ impl Shared {
             }
             // Mapped for this unit only: dropping the reader unmaps the pages it read.
             ShardReader::open(path)?.read_row_group_into(unit.row_group, buf)?;
+            // An id beyond the vocabulary would index past the logits: refuse the shard.
+            check_ids(buf, self.vocab).map_err(|msg| {
+                Error::cache(
+                    path,
+                    format!(
+                        "row group {}, {msg} of manifest.json: the shard is corrupt; \
+                         run `taidcache verify` on the cache",
+                        unit.row_group
+                    ),
+                )
+            })?;
             self.decoded.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };

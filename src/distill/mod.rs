@@ -99,6 +99,27 @@ fn check_context(student: &ModelConfig, cache: &Cache) -> Result<()> {
 /// [`crate::lock`]).
 pub const RUN_LOCK_FILE: &str = ".lock";
 
+/// Refuse an eval cache of another teacher than the training cache, unless `any_teacher`:
+/// its KL would measure the distance to another model.
+fn same_teacher(cache: &Cache, eval: &Cache, any_teacher: bool) -> Result<()> {
+    match cache.manifest().teacher_diff(eval.manifest()) {
+        Some(d) if !any_teacher => Err(Error::flag(
+            "--eval-cache",
+            format!(
+                "{} was made by {} than --cache {} ({} differs: {} there, {} in --cache); \
+                 evaluate on a cache of the same teacher, or pass --eval-cache-any-teacher",
+                eval.dir().display(),
+                d.what(),
+                cache.dir().display(),
+                d.field,
+                d.theirs,
+                d.ours
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Run the distill stage. Metrics go to `RUN/metrics.jsonl`, a summary to `out`.
 pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary> {
     let started = Instant::now();
@@ -118,6 +139,9 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         Some(t) => Some(sha256_file(t)?),
         None => None,
     };
+    if let Some(eval) = &eval_cache {
+        same_teacher(&cache, eval, opts.eval_cache_any_teacher)?;
+    }
     let student_config = ModelConfig::from_file(&opts.student.join(CONFIG_FILE))?;
     for c in std::iter::once(&cache).chain(&eval_cache) {
         c.check_student(student_config.vocab_size, tok_sha.as_deref())?;

@@ -122,6 +122,9 @@ pub struct DistillOptions {
     #[arg(skip = true)]
     #[serde(default = "yes", skip_serializing)]
     pub progress: bool,
+    /// Accept an --eval-cache made by another teacher (or tokenizer) than --cache.
+    #[arg(long)]
+    pub eval_cache_any_teacher: bool,
 }
 
 fn yes() -> bool {

@@ -43,10 +43,22 @@ impl ModelDir {
 
     /// Memory-map the weights and build the model in `dtype` on `device`.
     pub fn load(&self, dtype: DType, device: &Device) -> Result<Decoder> {
-        // SAFETY: the files are memory-mapped read-only; like every safetensors loader we rely on
-        // nobody truncating them while the model is alive.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.files, dtype, device) }
-            .ctx(format!("{}: loading safetensors", self.dir.display()))?;
+        self.load_mapped(self.map()?, dtype, device)
+    }
+
+    /// Memory-map the weights, to hash them before (or instead of) loading them.
+    pub fn map(&self) -> Result<weights::MappedWeights> {
+        weights::MappedWeights::map(&self.dir, &self.files)
+    }
+
+    /// Build the model in `dtype` on `device` from weights [`map`](Self::map)ped before.
+    pub fn load_mapped(
+        &self,
+        weights: weights::MappedWeights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Decoder> {
+        let vb = VarBuilder::from_backend(Box::new(weights.into_inner()), dtype, device.clone());
         Decoder::new(&self.config, vb).ctx(format!("{}: building the model", self.dir.display()))
     }
 

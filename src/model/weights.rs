@@ -3,7 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use rayon::prelude::*;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+
+use crate::error::{CandleContext, Error, IoContext, Result};
 use crate::hash::sha256_hex;
 
 use super::config::{Architecture, ModelConfig};
@@ -110,6 +114,57 @@ pub fn header_hashes(files: &[PathBuf]) -> Result<BTreeMap<String, String>> {
             Ok((name, sha256_hex(&header)))
         })
         .collect()
+}
+
+/// The safetensors files of a model, memory-mapped once: hashed for the teacher's identity
+/// ([`content_xxh3`](Self::content_xxh3)) and then loaded from the same map, so identifying the
+/// weights by content costs no second read of the files.
+pub struct MappedWeights {
+    map: MmapedSafetensors,
+}
+
+impl MappedWeights {
+    /// Map `files` of model directory `dir` (as [`safetensors_files`] lists them) read-only and
+    /// parse their headers.
+    pub fn map(dir: &Path, files: &[PathBuf]) -> Result<Self> {
+        // SAFETY: a read-only map of weights files; like every safetensors loader we rely on
+        // nobody truncating them while the map (or a model loaded from it) is alive.
+        let map = unsafe { MmapedSafetensors::multi(files) }
+            .ctx(format!("{}: loading safetensors", dir.display()))?;
+        Ok(Self { map })
+    }
+
+    /// xxh3-128 (lower-case hex) of the weights' content: every tensor in name order, each as
+    /// its name, dtype, shape and the xxh3-128 of its bytes. Tensors are hashed in parallel; a
+    /// name in several files counts once, from the last file (the one a load uses).
+    pub fn content_xxh3(&self) -> String {
+        let by_name: BTreeMap<String, _> = self.map.tensors().into_iter().collect();
+        let tensors: Vec<_> = by_name.iter().collect();
+        let digests: Vec<u128> = tensors
+            .par_iter()
+            .map(|(_, view)| xxh3_128(view.data()))
+            .collect();
+        let mut h = Xxh3::new();
+        for ((name, view), digest) in tensors.iter().zip(digests) {
+            // Lengths first, so no two lists of fields run together into the same bytes.
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            let dtype = format!("{:?}", view.dtype());
+            h.update(&(dtype.len() as u64).to_le_bytes());
+            h.update(dtype.as_bytes());
+            h.update(&(view.shape().len() as u64).to_le_bytes());
+            for &d in view.shape() {
+                h.update(&(d as u64).to_le_bytes());
+            }
+            h.update(&digest.to_le_bytes());
+        }
+        format!("{:032x}", h.digest128())
+    }
+
+    /// The map, for a `VarBuilder` to load tensors from.
+    pub(super) fn into_inner(self) -> MmapedSafetensors {
+        self.map
+    }
 }
 
 /// Every tensor the architecture needs, with its shape, under its Hugging Face name.

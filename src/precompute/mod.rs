@@ -95,7 +95,12 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         }
         Resumed::Open(cache) => cache,
     };
-    let teacher = plan.model.load(opts.dtype.dtype(), &device)?;
+    for why in cache.redone_shards() {
+        writeln!(out, "{why}; computing it again").at(&opts.out)?;
+    }
+    let teacher = plan
+        .model
+        .load_mapped(plan.weights, opts.dtype.dtype(), &device)?;
 
     let total_bytes: u64 = plan.manifest.corpus.files.iter().map(|f| f.bytes).sum();
     let progress = progress_bar(opts.progress, total_bytes);
@@ -132,7 +137,8 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         let writer = scope.spawn(move || pipeline::write_shards(rows_rx, *cache));
         let topk = {
             let teacher_path = teacher.config().path.clone();
-            scope.spawn(move || pipeline::run_topk(&teacher_path, selection_rx, rows_tx))
+            let dtype = opts.dtype;
+            scope.spawn(move || pipeline::run_topk(&teacher_path, dtype, selection_rx, rows_tx))
         };
         let teacher_result = pipeline::run_teacher(
             &teacher,

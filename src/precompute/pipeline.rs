@@ -13,7 +13,7 @@ use super::teacher::{batch_rows, forward_chunks, queued_chunks, Chunk, Selected}
 use crate::cache::{CacheWriter, Manifest, ShardBatch, WrittenShards};
 use crate::corpus::{PackedSequence, SequenceStream};
 use crate::error::{CandleContext, Error, Result};
-use crate::model::Decoder;
+use crate::model::{Decoder, FloatType};
 
 /// What flows between the stages: a batch of `T` belonging to shard `shard`, the end of a
 /// shard, or the end of the corpus (and how many sequences it packed into). Producer → teacher
@@ -141,6 +141,7 @@ pub(super) fn run_teacher(
 /// finished batches on to the writer.
 pub(super) fn run_topk(
     teacher_path: &Path,
+    dtype: FloatType,
     rx: Receiver<Msg<(ShardBatch, Receiver<Chunk>)>>,
     tx: SyncSender<Msg<ShardBatch>>,
 ) -> Result<()> {
@@ -152,7 +153,7 @@ pub(super) fn run_topk(
                 shard,
                 data: (rows, chunks),
             } => {
-                let mut batch = Selected::new(rows, teacher_path, &pool);
+                let mut batch = Selected::new(rows, teacher_path, dtype, &pool);
                 for chunk in chunks {
                     batch.add(chunk)?;
                 }

@@ -9,7 +9,8 @@ use crate::cache::{CorpusFile, CorpusInfo, Manifest, PackingInfo, TeacherInfo, W
 use crate::corpus;
 use crate::error::{Error, Result};
 use crate::hash::sha256_file;
-use crate::model::{weights, ModelDir};
+use crate::model::weights::{self, MappedWeights};
+use crate::model::ModelDir;
 
 /// The identity part of a manifest for these options: everything but shards and completion.
 pub(super) struct Plan {
@@ -18,6 +19,8 @@ pub(super) struct Plan {
     pub eos_id: u32,
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     pub model: ModelDir,
+    /// The teacher's weights, mapped once: hashed for the identity, then loaded from this map.
+    pub weights: MappedWeights,
 }
 
 pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
@@ -66,7 +69,18 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
             )
         })?,
     };
+    if eos_id as usize >= cfg.vocab_size {
+        return Err(Error::field(
+            &cfg.path,
+            "eos_token_id",
+            format!(
+                "{eos_id} is not a token id of this model (vocab_size {}); fix config.json",
+                cfg.vocab_size
+            ),
+        ));
+    }
     let corpus_files = corpus::describe_files(&opts.corpus)?;
+    let weights = model.map()?;
     let files = corpus_files
         .iter()
         .map(|f| PathBuf::from(&f.path))
@@ -80,6 +94,7 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
             vocab_size: cfg.vocab_size,
             config_sha256: sha256_file(&cfg.path)?,
             safetensors_header_sha256: weights::header_hashes(&model.files)?,
+            weights_xxh3: Some(weights.content_xxh3()),
             source: opts.teacher.display().to_string(),
         },
         tokenizer_sha256: sha256_file(&tok_path)?,
@@ -125,5 +140,6 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         eos_id,
         tokenizer: Arc::new(tokenizer),
         model,
+        weights,
     })
 }

@@ -11,7 +11,7 @@ use super::{device_topk, topk};
 use crate::cache::ShardBatch;
 use crate::corpus::PackedSequence;
 use crate::error::{CandleContext, Error, Result};
-use crate::model::{Decoder, Mode};
+use crate::model::{Decoder, FloatType, Mode};
 
 /// Logits are materialized in chunks of at most this many bytes (`[rows, vocab]` f32): below
 /// the 32 MiB that `keep_freed_memory` (lib.rs) keeps in the heap, so a chunk reuses the
@@ -118,12 +118,15 @@ pub(super) struct Selected<'a> {
     /// f32 log-probs, `[positions, k]`, converted to f16 once the batch is complete.
     logprobs: Vec<f32>,
     teacher_path: &'a Path,
+    /// The forward's dtype, for the hint of a non-finite logit.
+    dtype: FloatType,
 }
 
 impl<'a> Selected<'a> {
     pub(super) fn new(
         rows: ShardBatch,
         teacher_path: &'a Path,
+        dtype: FloatType,
         pool: &'a rayon::ThreadPool,
     ) -> Self {
         let logprobs = vec![0f32; rows.topk_ids.len()];
@@ -132,6 +135,7 @@ impl<'a> Selected<'a> {
             pool,
             logprobs,
             teacher_path,
+            dtype,
         }
     }
 
@@ -139,10 +143,17 @@ impl<'a> Selected<'a> {
         let s = self.rows.seq_len;
         let (seq, pos) = (position / s, position % s);
         let token = token.map(|v| format!(" (token {v})")).unwrap_or_default();
+        let hint = match self.dtype {
+            FloatType::F32 => {
+                "the forward already runs in f32, so the weights themselves produce it: \
+                 check the teacher's safetensors files"
+            }
+            FloatType::Bf16 | FloatType::F16 => "try --dtype f32",
+        };
         Error::ModelOutput {
             path: self.teacher_path.to_path_buf(),
             msg: format!(
-                "the teacher produced a non-finite logit{token} at sequence {} position {pos}; try --dtype f32",
+                "the teacher produced a non-finite logit{token} at sequence {} position {pos}; {hint}",
                 self.rows.seq_ids[seq]
             ),
         }

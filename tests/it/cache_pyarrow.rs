@@ -69,6 +69,7 @@ fn write_cache(cache: &Path) -> Manifest {
                 "model.safetensors".into(),
                 "2".repeat(64),
             )]),
+            weights_xxh3: Some("5".repeat(32)),
             source: "tests/teacher".into(),
         },
         tokenizer_sha256: "3".repeat(64),
