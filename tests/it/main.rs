@@ -9,6 +9,7 @@ mod demo;
 mod distill;
 mod errors;
 mod forward_golden;
+mod fuzz;
 mod pipelines;
 mod precompute;
 mod readme;
