@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb
 
-.PHONY: all setup build test demo replicate lint fmt bench bench-report check-cuda doc clean
+.PHONY: all setup build test fuzz soak demo replicate lint fmt bench bench-report check-cuda doc clean
 
 all: build
 
@@ -20,6 +20,17 @@ build:
 ## test: unit, integration and pyarrow tests
 test: setup
 	$(CARGO) test --locked
+
+## fuzz: only the fuzz targets (corpus replay, then FUZZ_SECONDS of random inputs per target)
+FUZZ_SECONDS ?= 20
+fuzz:
+	TAIDCACHE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --test it fuzz:: -- --nocapture
+
+## soak: SIGKILL precompute and distill 50 times each at random moments, resume, compare with an uninterrupted run
+SOAK_KILLS ?= 50
+soak:
+	$(CARGO) build --release --locked
+	$(PYTHON) benches/soak.py --bin $(or $(CARGO_TARGET_DIR),target)/release/taidcache --kills $(SOAK_KILLS)
 
 ## demo: the whole product on a generated corpus (tokenizer, teacher, cache, three students, plot) into demo-out/
 DEMO_OUT ?= demo-out

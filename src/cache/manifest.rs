@@ -218,6 +218,9 @@ impl Manifest {
                 ));
             }
         }
+        // Running totals, so that `total_rows`, `total_tokens` and `total_bytes` cannot overflow
+        // on a manifest that claims absurd counts.
+        let mut totals = [0u64; 3];
         for (i, shard) in self.shards.iter().enumerate() {
             check_relative(&shard.path)
                 .map_err(|msg| Error::field(path, format!("shards[{i}].path"), msg))?;
@@ -233,16 +236,33 @@ impl Manifest {
                     ),
                 ));
             }
-            let tokens = shard.rows * self.packing.seq_len as u64;
-            if shard.tokens != tokens {
+            let tokens = shard.rows.checked_mul(self.packing.seq_len as u64);
+            if tokens != Some(shard.tokens) {
                 return Err(Error::field(
                     path,
                     format!("shards[{i}].tokens"),
                     format!(
-                        "{}, but {} rows of seq_len {} are {tokens}",
-                        shard.tokens, shard.rows, self.packing.seq_len
+                        "{}, but {} rows of seq_len {} are {}",
+                        shard.tokens,
+                        shard.rows,
+                        self.packing.seq_len,
+                        tokens.map_or("more than 2^64".to_string(), |t| t.to_string())
                     ),
                 ));
+            }
+            let counts = [
+                ("rows", shard.rows),
+                ("tokens", shard.tokens),
+                ("bytes", shard.bytes),
+            ];
+            for (total, (what, n)) in totals.iter_mut().zip(counts) {
+                *total = total.checked_add(n).ok_or_else(|| {
+                    Error::field(
+                        path,
+                        format!("shards[{i}].{what}"),
+                        format!("{n}: the shards' {what} add up to more than 2^64"),
+                    )
+                })?;
             }
             if i > 0 && self.shards[i - 1].index >= shard.index {
                 return Err(Error::field(

@@ -11,6 +11,7 @@ mod distill;
 mod errors;
 mod flags;
 mod forward_golden;
+mod fuzz;
 mod identity;
 mod pipelines;
 mod precompute;

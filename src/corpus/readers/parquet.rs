@@ -138,7 +138,23 @@ impl ParquetSource {
                     continue;
                 }
             }
-            let batch = match self.reader.next()? {
+            // parquet 60 panics on some corrupt pages (a division by zero in its byte-array
+            // decoder, found by tests/it/fuzz.rs): a corrupt file is an error, not a crash.
+            let next =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.next()));
+            let next = match next {
+                Ok(next) => next,
+                Err(_) => {
+                    return Some(Err(Error::parquet(
+                        path,
+                        format!(
+                            "cannot read rows from row {}: the file is corrupt",
+                            self.row
+                        ),
+                    )))
+                }
+            };
+            let batch = match next? {
                 Ok(b) => b,
                 Err(e) => {
                     return Some(Err(Error::parquet_source(
