@@ -21,10 +21,12 @@ build:
 test: setup
 	$(CARGO) test --locked
 
-## fuzz: only the fuzz targets (corpus replay, then FUZZ_SECONDS of random inputs per target)
+## fuzz: only the fuzz targets (corpus replay, then FUZZ_SECONDS of random inputs per target,
+## new ones each run; `make test` runs them with seed 0, the same inputs every time)
 FUZZ_SECONDS ?= 20
+FUZZ_SEED ?= random
 fuzz:
-	TAIDCACHE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --test it fuzz:: -- --nocapture
+	TAIDCACHE_FUZZ_SECONDS=$(FUZZ_SECONDS) TAIDCACHE_FUZZ_SEED=$(FUZZ_SEED) $(CARGO) test --locked --test it fuzz:: -- --nocapture
 
 ## soak: SIGKILL precompute and distill 50 times each at random moments, resume, compare with an uninterrupted run
 SOAK_KILLS ?= 50
