@@ -208,8 +208,8 @@ mod tests {
 
     #[test]
     fn non_finite_values_are_refused_by_every_float_parser() {
-        let parsers: [fn(&str) -> std::result::Result<f64, String>; 4] =
-            [positive, non_negative, unit, unit_below_one];
+        type Parser = fn(&str) -> std::result::Result<f64, String>;
+        let parsers: [Parser; 4] = [positive, non_negative, unit, unit_below_one];
         for p in parsers {
             for (s, shown) in [
                 ("nan", "nan"),
