@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::batch::ShardBatch;
 use super::layout::{
-    is_cache_entry, parse_worker_file_name, shard_file_name, shard_rel_path, tmp_path,
+    parse_worker_file_name, refuse_foreign_entries, shard_file_name, shard_rel_path, tmp_path,
     unfinished_shard_index, worker_manifest_path, MANIFEST_FILE, SHARDS_DIR, WORKER_MANIFESTS_DIR,
 };
 use super::manifest::{Manifest, ShardEntry};
@@ -62,18 +62,7 @@ impl CacheWriter {
         write: WriteOptions,
     ) -> Result<Resumed> {
         let (index, count) = identity.worker.map_or((0, 1), |w| (w.index, w.count));
-        if dir.exists() {
-            for entry in std::fs::read_dir(dir).at(dir)? {
-                let name = entry.at(dir)?.file_name();
-                let name = name.to_string_lossy();
-                if !is_cache_entry(&name) {
-                    return Err(Error::cache(
-                        dir,
-                        format!("holds `{name}`, which is not part of a taidcache cache; choose an empty or new directory"),
-                    ));
-                }
-            }
-        }
+        refuse_foreign_entries(dir)?;
         let shards_dir = dir.join(SHARDS_DIR);
         std::fs::create_dir_all(&shards_dir).at(&shards_dir)?;
         if count > 1 {
