@@ -65,3 +65,31 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
+
+thread_local! {
+    /// Set while [`catch_panic_quietly`] runs on this thread.
+    static CATCHING_QUIETLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`; a panic inside it becomes `None`, and the panic hook of
+/// [`report_uncaught_panics_only`] prints nothing for it. For third-party decoders that panic on
+/// corrupt input (parquet 60 on some corrupt pages), whose failure taidcache reports as one
+/// sentence naming the file.
+pub fn catch_panic_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let was = CATCHING_QUIETLY.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING_QUIETLY.with(|q| q.set(was));
+    result.ok()
+}
+
+/// Install a panic hook that keeps the default report (message and backtrace) for every panic
+/// except those [`catch_panic_quietly`] catches, so that a corrupt file is one error line, not a
+/// "thread panicked" line before it. Called by the binary's `main`.
+pub fn report_uncaught_panics_only() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !CATCHING_QUIETLY.with(|q| q.get()) {
+            default(info);
+        }
+    }));
+}

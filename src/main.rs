@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     // Before any thread or tensor exists: see `single_threaded_candle_ops`.
     taidcache::single_threaded_candle_ops();
     taidcache::keep_freed_memory();
+    taidcache::report_uncaught_panics_only();
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e)

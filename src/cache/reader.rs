@@ -233,7 +233,7 @@ impl ShardReader {
         batches: &mut ParquetRecordBatchReader,
         i: usize,
     ) -> Result<Option<std::result::Result<RecordBatch, arrow::error::ArrowError>>> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batches.next())).map_err(|_| {
+        crate::catch_panic_quietly(|| batches.next()).ok_or_else(|| {
             Error::parquet(
                 &self.path,
                 format!("row group {i}: the page data is corrupt and cannot be decoded"),

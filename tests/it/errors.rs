@@ -231,3 +231,14 @@ fn output_directory_of_a_different_teacher_is_refused() {
     let v = taidcache(&["verify", out.to_str().unwrap()]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
+
+#[test]
+fn a_corrupt_parquet_corpus_page_is_one_error_line_without_a_panic_report() {
+    // parquet 60 panics decoding this page (found by tests/it/fuzz.rs); the reader catches it
+    // and the binary's panic hook keeps the caught panic's report off stderr.
+    let fx = Fixture::new(Architecture::Llama, 10);
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-corpus/corpus/found-parquet-panic/c.parquet");
+    let stderr = precompute_fails(&fx.teacher, &corpus, &fx.path("out"), &[]);
+    expect(&stderr, &["c.parquet", "the file is corrupt"]);
+}

@@ -140,11 +140,9 @@ impl ParquetSource {
             }
             // parquet 60 panics on some corrupt pages (a division by zero in its byte-array
             // decoder, found by tests/it/fuzz.rs): a corrupt file is an error, not a crash.
-            let next =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.next()));
-            let next = match next {
-                Ok(next) => next,
-                Err(_) => {
+            let next = match crate::catch_panic_quietly(|| self.reader.next()) {
+                Some(next) => next,
+                None => {
                     return Some(Err(Error::parquet(
                         path,
                         format!(
