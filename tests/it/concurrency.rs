@@ -20,25 +20,6 @@ fn precompute_options(fx: &Fixture, out: &Path, top_k: usize) -> PrecomputeOptio
     o
 }
 
-/// The bytes of every file below `dir`, by relative path.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
-                out.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn in_use_message(dir: &Path, what: &str) -> String {
     format!(
         "--out: {} is in use by process {} ({what}); wait for it to finish or choose another --out",

@@ -104,24 +104,6 @@ fn final_weights(run: &Path) -> Vec<u8> {
     std::fs::read(run.join("final/model.safetensors")).unwrap()
 }
 
-/// Every file under `dir` with its bytes, sorted by path.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn resume_with_any_trajectory_flag_changed_is_refused_naming_it() {
     let s = setup();
