@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::RUN_FILE;
 use super::loader::Cursor;
-use super::optim::AdamW;
+use super::optim::Optimizer;
 use super::schedule::TaidSchedule;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::xxh3_file;
@@ -95,7 +95,7 @@ pub fn dir_of(run: &Path, step: u64) -> PathBuf {
 pub fn save(
     run: &Path,
     student: &Student,
-    opt: &AdamW,
+    opt: &Optimizer,
     state: &TrainerState,
     tokenizer: Option<&Path>,
 ) -> Result<PathBuf> {

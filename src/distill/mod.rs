@@ -12,6 +12,7 @@
 //! [`Trainer`] over the [`Loader`]'s batches.
 
 pub mod checkpoint;
+pub mod device;
 pub mod identity;
 pub mod loader;
 pub mod metrics;

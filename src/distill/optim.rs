@@ -71,7 +71,9 @@ pub struct AdamW {
 }
 
 /// Run `f` on a host f32 view of `t` (copied only when `t` is not a contiguous f32 CPU tensor).
+/// Counted in [`super::device::traffic`] as bytes moved to the host.
 pub fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    super::device::traffic::count_to_host(t.elem_count() * t.dtype().size_in_bytes());
     let t = t.to_device(&Device::Cpu).ctx("copying to host")?;
     let t = t
         .to_dtype(DType::F32)
@@ -225,6 +227,65 @@ impl AdamW {
             s.weights = with_host_f32(s.var.as_tensor(), |w| w.to_vec())?;
         }
         Ok(())
+    }
+}
+
+/// The optimizer of a run: the host's fused AdamW, or the device path's
+/// ([`super::device::optim::DeviceAdamW`]); both save the same state.
+pub enum Optimizer {
+    Host(AdamW),
+    Device(super::device::optim::DeviceAdamW),
+}
+
+impl Optimizer {
+    /// The optimizer of `path` over `params`.
+    pub fn new(
+        path: super::device::StepPath,
+        params: Vec<(String, Var)>,
+        config: AdamWConfig,
+    ) -> Result<Self> {
+        Ok(match path {
+            super::device::StepPath::Host => Optimizer::Host(AdamW::new(params, config)?),
+            super::device::StepPath::Device => {
+                Optimizer::Device(super::device::optim::DeviceAdamW::new(params, config)?)
+            }
+        })
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        match self {
+            Optimizer::Host(o) => o.set_lr(lr),
+            Optimizer::Device(o) => o.set_lr(lr),
+        }
+    }
+
+    pub fn step(&mut self, grads: &GradStore, grad_scale: f64) -> Result<()> {
+        match self {
+            Optimizer::Host(o) => o.step(grads, grad_scale),
+            Optimizer::Device(o) => o.step(grads, grad_scale),
+        }
+    }
+
+    /// The global gradient norm, computed where the optimizer runs.
+    pub fn grad_norm(&self, params: &[(String, Var)], grads: &GradStore) -> Result<f64> {
+        match self {
+            Optimizer::Host(_) => grad_norm(params, grads),
+            Optimizer::Device(_) => super::device::optim::grad_norm(params, grads),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        match self {
+            Optimizer::Host(o) => o.save(path),
+            Optimizer::Device(o) => o.save(path),
+        }
+    }
+
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        match self {
+            Optimizer::Host(o) => o.load(path),
+            Optimizer::Device(o) => o.load(path),
+        }
     }
 }
 

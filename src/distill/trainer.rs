@@ -13,9 +13,10 @@ use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 use super::checkpoint::{self, TrainerState};
+use super::device::{self, DeviceBatch, DeviceSums, StepPath};
 use super::loader::{Batch, Cursor, Loader};
 use super::objectives::{self, Chunk, LossConfig, LossOutput, Objective};
-use super::optim::{clip_factor, grad_norm, with_host_f32, AdamW, AdamWConfig};
+use super::optim::{clip_factor, with_host_f32, AdamWConfig, Optimizer};
 use super::options::{AdaptiveSignal, DistillOptions};
 use super::schedule::{LrSchedule, TaidSchedule};
 use crate::cache::ShardBatch;
@@ -147,6 +148,21 @@ pub fn micro_batch(
         });
         Ok(())
     })?;
+    finish_backward(student, &hidden, grad_h, grad_w, acc)?;
+    Ok(out)
+}
+
+/// The rest of a micro-batch's backward once the output projection's is done: one backward of
+/// the surrogate `Σ H ⊙ sg(∂loss/∂H)` (`grad_h`: the chunks of `∂loss/∂H` in order), the
+/// projection's own gradient `grad_w` added, and everything accumulated into `acc`.
+fn finish_backward(
+    student: &Student,
+    hidden: &Tensor,
+    grad_h: Vec<Tensor>,
+    grad_w: Option<Tensor>,
+    acc: &mut Option<GradStore>,
+) -> Result<()> {
+    let w_var = student.lm_head_var();
     let grad_h = Tensor::cat(&grad_h, 0).ctx("lm_head backward")?;
     let surrogate = (hidden * grad_h)
         .ctx("surrogate")?
@@ -174,7 +190,80 @@ pub fn micro_batch(
             }
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// [`micro_batch`] on the device path: the batch is uploaded once, every chunk's loss and
+/// gradient are tensor ops on the student's device ([`device::loss::chunk`]), and the loss sums
+/// are added into `sums` there. The returned [`LossOutput`] holds the position counts only.
+pub fn micro_batch_device(
+    student: &Student,
+    data: &ShardBatch,
+    cfg: &LossConfig,
+    normalizer: usize,
+    acc: &mut Option<GradStore>,
+    sums: &mut DeviceSums,
+) -> Result<LossOutput> {
+    let (b, s) = (data.rows(), data.seq_len);
+    let device = student.model.device().clone();
+    let vocab = student.config.vocab_size;
+    let ids = device::traffic::upload(&data.input_ids, (b, s), &device).ctx("student input")?;
+    let batch = DeviceBatch::upload(data, &device)?;
+    let hidden = student
+        .model
+        .forward_hidden(&ids, Mode::Train)
+        .ctx("student forward")?;
+    let h = hidden.dim(2).ctx("student forward")?;
+    let hidden = hidden.reshape((b * s, h)).ctx("student forward")?;
+    let hd = hidden.detach();
+    let w = student.lm_head_var().as_tensor().detach();
+    let wt = w.t().ctx("lm_head")?;
+    let scale = 1.0 / normalizer.max(1) as f64;
+    let mut grad_h = Vec::new();
+    let mut grad_w: Option<Tensor> = None;
+    let positions = b * s;
+    let rows = chunk_rows(vocab);
+    let mut start = 0;
+    while start < positions {
+        let n = rows.min(positions - start);
+        let hc = hd.narrow(0, start, n).ctx("loss chunk")?;
+        let logits = hc.matmul(&wt).ctx("lm_head")?;
+        let (chunk_sums, g) =
+            device::loss::chunk(cfg, &logits, &batch.chunk(start, n)?, Some(scale))?;
+        sums.add(chunk_sums)?;
+        let g = g.ok_or_else(|| Error::Internal("no loss gradient".into()))?;
+        grad_h.push(g.matmul(&w).ctx("lm_head backward")?);
+        let gw = g
+            .t()
+            .ctx("lm_head backward")?
+            .matmul(&hc)
+            .ctx("lm_head backward")?;
+        grad_w = Some(match grad_w.take() {
+            None => gw,
+            Some(acc) => (acc + gw).ctx("lm_head backward")?,
+        });
+        start += n;
+    }
+    finish_backward(student, &hidden, grad_h, grad_w, acc)?;
+    Ok(counts(data))
+}
+
+/// The position counts of a batch (the sums left at zero).
+fn counts(data: &ShardBatch) -> LossOutput {
+    LossOutput {
+        positions: data.loss_mask.iter().filter(|&&m| m).count(),
+        ce_positions: labels(data).iter().filter(|l| l.is_some()).count(),
+        ..LossOutput::default()
+    }
+}
+
+/// Fill the sums of `out` from the device's `[loss, target_xent, ce, kl]`.
+fn with_sums(mut out: LossOutput, sums: [f64; 4]) -> LossOutput {
+    out.loss_sum = sums[0];
+    out.target_xent_sum = sums[1];
+    out.ce_sum = sums[2];
+    out.kl_sum = sums[3];
+    out
 }
 
 /// Positions per chunk of logits at `vocab`: at most [`LOSS_CHUNK_BYTES`] of f32, at least one.
@@ -229,7 +318,11 @@ pub fn evaluate(
     student: &Student,
     loader: &mut Loader,
     tail: super::targets::TailMode,
+    path: StepPath,
 ) -> Result<StepStats> {
+    if path == StepPath::Device {
+        return evaluate_device(student, loader, tail);
+    }
     let cfg = LossConfig {
         objective: Objective::Kl,
         tail,
@@ -261,6 +354,58 @@ pub fn evaluate(
     Ok(stats)
 }
 
+/// [`evaluate`] on the device path: the sums stay on the device until the end.
+fn evaluate_device(
+    student: &Student,
+    loader: &mut Loader,
+    tail: super::targets::TailMode,
+) -> Result<StepStats> {
+    let cfg = LossConfig {
+        objective: Objective::Kl,
+        tail,
+        t: 1.0,
+        lambda: 0.1,
+        ce_weight: 0.0,
+    };
+    let device = student.model.device().clone();
+    let vocab = student.config.vocab_size;
+    let wt = student
+        .lm_head_var()
+        .as_tensor()
+        .detach()
+        .t()
+        .ctx("lm_head")?;
+    let mut stats = StepStats::default();
+    let mut sums = DeviceSums::new();
+    while let Some(batch) = loader.next_batch() {
+        let Batch { data, .. } = batch?;
+        let (b, s) = (data.rows(), data.seq_len);
+        let ids = device::traffic::upload(&data.input_ids, (b, s), &device).ctx("eval input")?;
+        let records = DeviceBatch::upload(&data, &device)?;
+        let hidden = student
+            .model
+            .forward_hidden(&ids, Mode::Infer)
+            .ctx("eval forward")?;
+        let hidden = hidden
+            .reshape((b * s, hidden.dim(2).ctx("eval")?))
+            .ctx("eval")?;
+        let rows = chunk_rows(vocab);
+        let mut start = 0;
+        while start < b * s {
+            let n = rows.min(b * s - start);
+            let logits = hidden
+                .narrow(0, start, n)
+                .and_then(|h| h.matmul(&wt))
+                .ctx("lm_head")?;
+            sums.add(device::loss::chunk(&cfg, &logits, &records.chunk(start, n)?, None)?.0)?;
+            start += n;
+        }
+        stats.add(&counts(&data));
+        loader.recycle(data);
+    }
+    Ok(with_sums(stats, sums.read()?))
+}
+
 /// What one optimizer step did.
 #[derive(Clone, Copy, Debug)]
 pub struct StepReport {
@@ -279,7 +424,9 @@ pub struct StepReport {
 /// A student being trained: its optimizer, schedules and position in the data.
 pub struct Trainer {
     student: Student,
-    opt: AdamW,
+    /// Where the loss, the gradient norm and the optimizer run.
+    path: StepPath,
+    opt: Optimizer,
     state: TrainerState,
     lr: LrSchedule,
     /// The run's options: objective, tail, λ, clipping, the adaptive signal.
@@ -290,14 +437,28 @@ pub struct Trainer {
 
 impl Trainer {
     /// A fresh run of `total_steps` optimizer steps of `student` with `opts`.
+    /// The step path is [`StepPath::for_device`]'s for the student's device.
     pub fn new(student: Student, opts: &DistillOptions, total_steps: u64) -> Result<Self> {
-        let opt = AdamW::new(
+        let path = StepPath::for_device(student.model.device())?;
+        Self::with_step_path(student, opts, total_steps, path)
+    }
+
+    /// [`new`](Self::new) on a given step path.
+    pub fn with_step_path(
+        student: Student,
+        opts: &DistillOptions,
+        total_steps: u64,
+        path: StepPath,
+    ) -> Result<Self> {
+        let opt = Optimizer::new(
+            path,
             student.params.clone(),
             AdamWConfig::with_lr_and_decay(opts.lr, opts.weight_decay),
         )?;
         let adaptive = opts.objective == Objective::Taid;
         Ok(Self {
             student,
+            path,
             opt,
             state: TrainerState {
                 step: 0,
@@ -336,6 +497,11 @@ impl Trainer {
         &self.student
     }
 
+    /// Where this trainer's steps run.
+    pub fn step_path(&self) -> StepPath {
+        self.path
+    }
+
     pub fn state(&self) -> &TrainerState {
         &self.state
     }
@@ -357,9 +523,28 @@ impl Trainer {
             .sum();
         let mut grads = None;
         let mut stats = StepStats::default();
-        for b in micro {
-            let o = micro_batch(&self.student, &b.data, &cfg, normalizer, &mut grads)?;
-            stats.add(&o);
+        match self.path {
+            StepPath::Host => {
+                for b in micro {
+                    let o = micro_batch(&self.student, &b.data, &cfg, normalizer, &mut grads)?;
+                    stats.add(&o);
+                }
+            }
+            StepPath::Device => {
+                let mut sums = DeviceSums::new();
+                for b in micro {
+                    let o = micro_batch_device(
+                        &self.student,
+                        &b.data,
+                        &cfg,
+                        normalizer,
+                        &mut grads,
+                        &mut sums,
+                    )?;
+                    stats.add(&o);
+                }
+                stats = with_sums(stats, sums.read()?);
+            }
         }
         let loss = stats.loss(self.opts.objective);
         if !loss.is_finite() {
@@ -381,7 +566,7 @@ impl Trainer {
             });
         }
         let grads = grads.ok_or_else(|| Error::Internal("no gradients".into()))?;
-        let grad_norm = grad_norm(&self.student.params, &grads)?;
+        let grad_norm = self.opt.grad_norm(&self.student.params, &grads)?;
         let lr = self.lr.lr(self.state.step);
         self.opt.set_lr(lr);
         self.opt
@@ -407,7 +592,7 @@ impl Trainer {
 
     /// Held-out CE and KL from the teacher over every batch of `loader`.
     pub fn eval(&self, loader: &mut Loader) -> Result<StepStats> {
-        evaluate(&self.student, loader, self.opts.tail)
+        evaluate(&self.student, loader, self.opts.tail, self.path)
     }
 
     /// Write `RUN/checkpoints/step-N` for the current step.

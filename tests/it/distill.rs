@@ -466,3 +466,56 @@ fn distill_from_a_compact_cache_tracks_the_run_from_the_plain_one() {
         "the compact run should not be bit-identical: {a:?}"
     );
 }
+
+#[test]
+fn the_device_step_path_from_the_cli_tracks_the_host_path_and_a_bad_switch_is_named() {
+    let s = setup(30, Some(16));
+    let run = |out: &Path, path: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
+            .args(cli_args(
+                &s,
+                out,
+                12,
+                &["--objective", "taid", "--tail", "uniform"],
+            ))
+            .env("TAIDCACHE_STEP_PATH", path)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        strip_time(metric_lines(out))
+    };
+    let host = run(&s.fx.path("host"), "host");
+    let device = run(&s.fx.path("device"), "device");
+    assert_eq!(host.len(), device.len(), "metrics line counts differ");
+    let mut compared = 0;
+    for (h, d) in host.iter().zip(&device) {
+        for key in ["loss", "grad_norm", "train_ce", "t", "ce", "kl_teacher"] {
+            if let (Some(a), Some(b)) = (h[key].as_f64(), d[key].as_f64()) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1e-3),
+                    "{key}: host {a} device {b} at step {}",
+                    h["step"]
+                );
+                compared += 1;
+            }
+        }
+    }
+    // 12 training lines of 4 values, 4 eval lines (steps 0, 5, 10, 12) of 3.
+    assert_eq!(compared, 12 * 4 + 4 * 3, "values compared");
+
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
+        .args(cli_args(&s, &s.fx.path("bad"), 12, &[]))
+        .env("TAIDCACHE_STEP_PATH", "gpu")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.trim().lines().count() == 1 && stderr.contains("TAIDCACHE_STEP_PATH"),
+        "{stderr}"
+    );
+}
