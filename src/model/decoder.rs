@@ -125,6 +125,13 @@ impl Attention {
         let q = rope.apply(&q.transpose(1, 2)?.contiguous()?, mode)?;
         let k = rope.apply(&k.transpose(1, 2)?.contiguous()?, mode)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        if mode == Mode::Infer {
+            let rows = attention_block_rows(b, nh, t);
+            let out = blocked_attention(&q, &k, &v, self.window, rows)?
+                .transpose(1, 2)?
+                .reshape((b, t, nh * hd))?;
+            return self.o.forward(&out);
+        }
         let k = repeat_kv(k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(v, nh / nkv)?.contiguous()?;
 
@@ -132,17 +139,82 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
         let mask = causal_mask(t, self.window, x.device())?;
         let scores = scores.broadcast_add(&mask)?;
-        let probs = match mode {
-            Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
-        }
-        .to_dtype(dtype)?;
+        // Differentiable (the inference forward returned above).
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
         self.o.forward(&out)
     }
+}
+
+/// Attention scores of an inference forward are built for this many bytes at most at once.
+pub const ATTENTION_BLOCK_BYTES: usize = 32 << 20;
+
+/// Query rows per block of attention in an inference forward, for `batch × heads` rows of `t`
+/// keys.
+pub fn attention_block_rows(batch: usize, heads: usize, t: usize) -> usize {
+    (ATTENTION_BLOCK_BYTES / (batch * heads * t * 4).max(1)).clamp(1, t.max(1))
+}
+
+/// Causal (and sliding-window) attention for inference, by blocks of queries: the f32 scores
+/// of one block, `[b, heads, rows, keys]`, exist at a
+/// time instead of the whole `[b, heads, t, t]`, and a block reads only the keys its queries
+/// may see (up to its last row, from the window's start), which halves the causal work.
+/// Grouped-query heads share their key/value head through a reshape, without `repeat_kv`'s
+/// copies. q: `[b, heads, t, head_dim]`; k, v: `[b, kv_heads, t, head_dim]`; returns
+/// `[b, heads, t, head_dim]`. The same values as the dense form: every score a query may see
+/// is in its block, and the ones it may not are exactly zero in both.
+fn blocked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<usize>,
+    rows: usize,
+) -> CResult<Tensor> {
+    let (b, nh, t, hd) = q.dims4()?;
+    let nkv = k.dim(1)?;
+    let n_rep = nh / nkv;
+    let dtype = q.dtype();
+    let rows = rows.max(1);
+    let w = window.unwrap_or(usize::MAX);
+    let mut outs = Vec::with_capacity(t.div_ceil(rows));
+    let mut start = 0;
+    while start < t {
+        let n = rows.min(t - start);
+        let end = start + n;
+        let lo = (start + 1).saturating_sub(w);
+        let tk = end - lo;
+        let qb = q
+            .narrow(2, start, n)?
+            .contiguous()?
+            .reshape((b, nkv, n_rep * n, hd))?;
+        let kb = k.narrow(2, lo, tk)?.contiguous()?;
+        let vb = v.narrow(2, lo, tk)?.contiguous()?;
+        let scores = (qb.matmul(&kb.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
+        let mask: Vec<f32> = (start..end)
+            .flat_map(|i| {
+                (lo..end).map(move |j| {
+                    if j <= i && i - j < w {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, tk), q.device())?;
+        let scores = scores
+            .reshape((b, nkv, n_rep, n, tk))?
+            .broadcast_add(&mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(dtype)?
+            .reshape((b, nkv, n_rep * n, tk))?;
+        outs.push(probs.matmul(&vb)?.reshape((b, nh, n, hd))?);
+        start = end;
+    }
+    Tensor::cat(&outs, 2)
 }
 
 /// Grouped-query attention: each of the `kv_heads` heads of `x` (`[b, kv_heads, t, head_dim]`)
@@ -341,5 +413,74 @@ impl Decoder {
     /// ids: [b, t] u32 → logits [b, t, vocab] f32 at every position.
     pub fn forward(&self, ids: &Tensor, mode: Mode) -> CResult<Tensor> {
         self.logits(&self.forward_hidden(ids, mode)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::Normal;
+
+    fn randn(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        let mut rng = Normal::new(seed);
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        Tensor::from_vec(
+            (0..n).map(|_| rng.sample()).collect::<Vec<f32>>(),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    /// The `[b, heads, t, t]` form the training forward uses.
+    fn dense(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Tensor {
+        let (_, nh, t, hd) = q.dims4().unwrap();
+        let n_rep = nh / k.dim(1).unwrap();
+        let k = repeat_kv(k.clone(), n_rep).unwrap();
+        let v = repeat_kv(v.clone(), n_rep).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
+        let scores = scores
+            .broadcast_add(&causal_mask(t, window, &Device::Cpu).unwrap())
+            .unwrap();
+        candle_nn::ops::softmax(&scores, D::Minus1)
+            .unwrap()
+            .matmul(&v)
+            .unwrap()
+    }
+
+    #[test]
+    fn blocked_attention_equals_the_dense_form_for_every_block_size_and_window() {
+        let (b, nh, nkv, t, hd) = (2, 4, 2, 13, 8);
+        let q = randn((b, nh, t, hd), 1);
+        let k = randn((b, nkv, t, hd), 2);
+        let v = randn((b, nkv, t, hd), 3);
+        for window in [None, Some(4), Some(1)] {
+            let want = dense(&q, &k, &v, window);
+            for rows in [1, 3, 5, 13, 40] {
+                let got = blocked_attention(&q, &k, &v, window, rows).unwrap();
+                let diff = (got - &want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff < 1e-5,
+                    "window {window:?}, {rows} rows: max |Δ| {diff}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_attention_block_holds_at_most_its_byte_budget() {
+        // The 72B pipeline's shape: batch 4, 64 heads, 2048 positions: 2 MiB per query row.
+        let rows = attention_block_rows(4, 64, 2048);
+        assert_eq!(rows, 16);
+        assert!(rows * 4 * 64 * 2048 * 4 <= ATTENTION_BLOCK_BYTES);
+        assert_eq!(attention_block_rows(1, 2, 10), 10);
+        assert_eq!(attention_block_rows(64, 128, 1 << 20), 1);
     }
 }
