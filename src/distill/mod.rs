@@ -35,6 +35,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::sha256_file;
 use crate::lock::{Access, DirLock};
 use crate::model::config::ModelConfig;
+use crate::model::memory::{free_bytes, ForwardShape, MemoryPlan};
 use crate::model::train::Student;
 use crate::model::weights::{CONFIG_FILE, TOKENIZER_FILE};
 
@@ -177,6 +178,31 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
             .max(1.0) as u64,
         (None, None) => unreachable!("validated"),
     };
+
+    let path = device::StepPath::for_device(&device)?;
+    let (optimizer_copies, chunk_temporaries) = match path {
+        device::StepPath::Host => (3, 4),
+        device::StepPath::Device => (2, 12),
+    };
+    let memory = MemoryPlan::distill(
+        &student_config,
+        ForwardShape {
+            batch: opts.batch_size,
+            seq_len: cache.manifest().packing.seq_len,
+        },
+        opts.grad_accum,
+        optimizer_copies,
+        trainer::LOSS_CHUNK_BYTES,
+        chunk_temporaries,
+    );
+    writeln!(
+        out,
+        "estimated peak memory on {}: {}",
+        opts.device,
+        memory.describe()
+    )
+    .at(&opts.out)?;
+    memory.check(free_bytes(&device), &opts.device.to_string())?;
 
     // Loaded before `RUN/` is touched, so that a student that cannot be trained leaves no run.
     let initial = Student::from_dir(&opts.student, opts.seed, &device)?;

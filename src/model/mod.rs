@@ -8,6 +8,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod init;
+pub mod memory;
 pub mod train;
 pub mod weights;
 

@@ -75,6 +75,28 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         .open()
         .map_err(|msg| Error::flag("--device", msg))?;
     let plan = plan::plan(opts)?;
+    let memory = crate::model::memory::MemoryPlan::precompute(
+        &plan.model.config,
+        opts.dtype.dtype(),
+        crate::model::memory::ForwardShape {
+            batch: opts.batch_size,
+            seq_len: opts.seq_len,
+        },
+        teacher::LOGITS_CHUNK_BYTES,
+        teacher::QUEUED_LOGITS_BYTES,
+        device.is_cpu(),
+    );
+    writeln!(
+        out,
+        "estimated peak memory on {}: {}",
+        opts.device,
+        memory.describe()
+    )
+    .at(&opts.out)?;
+    memory.check(
+        crate::model::memory::free_bytes(&device),
+        &opts.device.to_string(),
+    )?;
     // Held to the end of the run, taken before anything looks at what --out holds.
     let _lock = crate::cache::lock::lock_for_writing(&opts.out, opts.worker, opts.workers)?;
     let write_opts = WriteOptions {

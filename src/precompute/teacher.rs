@@ -17,10 +17,10 @@ use crate::model::{Decoder, FloatType, Mode};
 /// the 32 MiB that `keep_freed_memory` (lib.rs) keeps in the heap, so a chunk reuses the
 /// memory of the one before instead of faulting in fresh pages (the page faults at 128 and 24
 /// MiB are in `docs/performance.md`).
-const LOGITS_CHUNK_BYTES: usize = 24 << 20;
+pub const LOGITS_CHUNK_BYTES: usize = 24 << 20;
 /// Logits chunks that may wait for the top-k thread, in bytes: enough to ride out a batch
 /// whose top-k falls behind the forward for a while, bounded whatever the batch size.
-const QUEUED_LOGITS_BYTES: usize = 256 << 20;
+pub const QUEUED_LOGITS_BYTES: usize = 256 << 20;
 
 /// Rows per logits chunk of `teacher`.
 fn chunk_rows(teacher: &Decoder) -> usize {

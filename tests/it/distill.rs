@@ -519,3 +519,51 @@ fn the_device_step_path_from_the_cli_tracks_the_host_path_and_a_bad_switch_is_na
         "{stderr}"
     );
 }
+
+#[test]
+fn a_run_larger_than_the_free_memory_is_refused_before_it_writes_anything() {
+    let s = setup(8, Some(16));
+    let out = s.fx.path("too-big");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
+        .args(cli_args(&s, &out, 4, &[]))
+        .env("TAIDCACHE_FREE_MEMORY", "1000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.trim().lines().count() == 1
+            && stderr.contains("--device")
+            && stderr.contains("the largest part is the"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused run left {}", out.display());
+
+    let cache = s.fx.path("too-big-cache");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
+        .args(["precompute", "--teacher"])
+        .arg(&s.fx.teacher)
+        .arg("--corpus")
+        .arg(&s.fx.corpus)
+        .arg("--out")
+        .arg(&cache)
+        .args(["--seq-len", "16"])
+        .env("TAIDCACHE_FREE_MEMORY", "1000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.trim().lines().count() == 1 && stderr.contains("the largest part is the"),
+        "{stderr}"
+    );
+    assert!(!cache.exists(), "a refused precompute left {}", cache.display());
+
+    // With room, the plan is printed and the run goes on.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
+        .args(cli_args(&s, &out, 2, &[]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("estimated peak memory on cpu: "));
+}

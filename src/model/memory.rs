@@ -1,0 +1,342 @@
+//! Memory plans: the peak memory a run needs on its device, estimated from the model's config
+//! and the run's settings before anything large is allocated, so a run that cannot fit is
+//! refused in one sentence instead of dying of an out-of-memory error an hour in.
+//!
+//! Each [`Term`] is one kind of buffer (weights, optimizer state, activations, attention scores,
+//! logits chunks) and names the flag that shrinks it. The estimates are upper bounds of what
+//! the forward and backward keep alive at once, counted from the shapes the code builds; `docs`
+//! and the tests compare them with measured peaks.
+
+use candle_core::{DType, Device};
+
+use super::config::ModelConfig;
+use super::decoder::ATTENTION_BLOCK_BYTES;
+use super::weights::expected_tensors;
+use crate::error::{Error, Result};
+
+/// One kind of buffer of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Term {
+    pub what: &'static str,
+    pub bytes: u64,
+    /// What shrinks it, as the user would act on it (a flag), or `None` when nothing does.
+    pub shrink: Option<&'static str>,
+}
+
+/// The estimated peak memory of a run on its device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryPlan {
+    pub terms: Vec<Term>,
+}
+
+/// The settings of a teacher forward that the plan depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardShape {
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+/// Number of parameters of a model of `cfg` (the output projection once when tied).
+pub fn parameters(cfg: &ModelConfig) -> u64 {
+    expected_tensors(cfg)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Bytes of one layer's activations per position in a forward: the residual stream and its
+/// norm, q/k/v and their rotated copies, the attention output, the MLP's gate, up and product.
+fn activation_elems_per_position(cfg: &ModelConfig) -> u64 {
+    let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let qkv = ((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim) as u64;
+    3 * h + 2 * qkv + cfg.num_attention_heads as u64 * cfg.head_dim as u64 + 3 * i
+}
+
+impl MemoryPlan {
+    /// `precompute`'s teacher forward: weights in `dtype`, one layer's activations at a time
+    /// (inference frees them as it goes), one block of attention scores, the logits chunks and,
+    /// on the CPU, the chunks queued for the top-k thread.
+    pub fn precompute(
+        cfg: &ModelConfig,
+        dtype: DType,
+        shape: ForwardShape,
+        logits_chunk_bytes: usize,
+        queued_logits_bytes: usize,
+        on_cpu: bool,
+    ) -> Self {
+        let db = dtype.size_in_bytes() as u64;
+        let positions = (shape.batch * shape.seq_len) as u64;
+        let heads = cfg.num_attention_heads as u64;
+        let t = shape.seq_len as u64;
+        let scores = (shape.batch as u64 * heads * t * t * 4).min(ATTENTION_BLOCK_BYTES as u64);
+        let weights_shrink = if dtype == DType::F32 {
+            Some("--dtype bf16")
+        } else {
+            None
+        };
+        let queued = if on_cpu {
+            queued_logits_bytes as u64
+        } else {
+            0
+        };
+        Self {
+            terms: vec![
+                Term {
+                    what: "teacher weights",
+                    bytes: parameters(cfg) * db,
+                    shrink: weights_shrink,
+                },
+                Term {
+                    what: "activations",
+                    // Two layers' worth: the one computing and the residual it reads.
+                    bytes: 2 * positions * activation_elems_per_position(cfg) * db,
+                    shrink: Some("--batch-size"),
+                },
+                Term {
+                    what: "attention scores",
+                    bytes: 3 * scores,
+                    shrink: Some("--batch-size"),
+                },
+                Term {
+                    what: "logits chunks",
+                    bytes: 3 * logits_chunk_bytes as u64 + queued,
+                    shrink: None,
+                },
+            ],
+        }
+    }
+
+    /// `distill`'s step: f32 weights, their gradients (twice with gradient accumulation), the
+    /// optimizer state (host path: master weights and two moments; device path: two moments),
+    /// every layer's activations and attention scores kept for the backward, and the loss
+    /// chunks (`chunk_temporaries` `[chunk, vocab]` buffers of `loss_chunk_bytes`).
+    pub fn distill(
+        cfg: &ModelConfig,
+        shape: ForwardShape,
+        grad_accum: usize,
+        optimizer_copies: u64,
+        loss_chunk_bytes: usize,
+        chunk_temporaries: u64,
+    ) -> Self {
+        let p = parameters(cfg) * 4;
+        let positions = (shape.batch * shape.seq_len) as u64;
+        let layers = cfg.num_hidden_layers as u64;
+        let heads = cfg.num_attention_heads as u64;
+        let t = shape.seq_len as u64;
+        let vocab_hidden = (cfg.vocab_size * cfg.hidden_size) as u64 * 4;
+        let repeat = (cfg.num_attention_heads * cfg.head_dim) as u64 * 2;
+        Self {
+            terms: vec![
+                Term {
+                    what: "student weights",
+                    bytes: p,
+                    shrink: None,
+                },
+                Term {
+                    what: "gradients",
+                    bytes: p * if grad_accum > 1 { 2 } else { 1 },
+                    shrink: None,
+                },
+                Term {
+                    what: "optimizer state",
+                    bytes: p * optimizer_copies,
+                    shrink: None,
+                },
+                Term {
+                    what: "activations",
+                    // Twice the forward's (the backward's gradients of the same shapes), plus
+                    // grouped-query attention's repeated keys and values.
+                    bytes: 2
+                        * layers
+                        * positions
+                        * (activation_elems_per_position(cfg) + repeat)
+                        * 4,
+                    shrink: Some("--batch-size"),
+                },
+                Term {
+                    what: "attention scores",
+                    // Scores, masked scores, softmax kept for the backward, and its gradient.
+                    bytes: 4 * layers * shape.batch as u64 * heads * t * t * 4,
+                    shrink: Some("--batch-size"),
+                },
+                Term {
+                    what: "logits chunks",
+                    bytes: chunk_temporaries * loss_chunk_bytes as u64
+                        + 3 * vocab_hidden
+                        + positions * cfg.hidden_size as u64 * 4 * 2,
+                    shrink: None,
+                },
+            ],
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.terms.iter().map(|t| t.bytes).sum()
+    }
+
+    pub fn largest(&self) -> &Term {
+        self.terms
+            .iter()
+            .max_by_key(|t| t.bytes)
+            .expect("a plan has terms")
+    }
+
+    /// `2.31 GiB (teacher weights 1.20 GiB, activations 0.51 GiB, ...)`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .terms
+            .iter()
+            .map(|t| format!("{} {}", t.what, human(t.bytes)))
+            .collect();
+        format!("{} ({})", human(self.total()), parts.join(", "))
+    }
+
+    /// Refuse a plan larger than `free` bytes of `device_flag`'s device, naming the largest
+    /// term and what shrinks it.
+    pub fn check(&self, free: Option<u64>, device: &str) -> Result<()> {
+        let Some(free) = free else { return Ok(()) };
+        if self.total() <= free {
+            return Ok(());
+        }
+        let big = self.largest();
+        let remedy = match big.shrink {
+            Some(flag) => format!("lower it with {flag}"),
+            None => format!("nothing but a smaller model or a device with more memory lowers it"),
+        };
+        Err(Error::flag(
+            "--device",
+            format!(
+                "the run needs about {} on {device} but {} is free; the largest part is the {} ({}): {remedy}",
+                human(self.total()),
+                human(free),
+                big.what,
+                human(big.bytes),
+            ),
+        ))
+    }
+}
+
+/// Bytes as MiB or GiB with two decimals.
+pub fn human(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    const GIB: f64 = (1u64 << 30) as f64;
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.2} GiB", b / GIB)
+    } else {
+        format!("{:.1} MiB", b / MIB)
+    }
+}
+
+/// Free memory of `device` in bytes: on CUDA the driver's free memory; on the CPU the kernel's
+/// `MemAvailable`, lowered to what the cgroup (container) limit leaves. `None` when unknown.
+/// `TAIDCACHE_FREE_MEMORY` (bytes) overrides both, a testing aid.
+pub fn free_bytes(device: &Device) -> Option<u64> {
+    if let Some(v) = std::env::var("TAIDCACHE_FREE_MEMORY")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(v);
+    }
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64),
+        Device::Cpu => cpu_free(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+fn cpu_free() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix("MemAvailable:")?;
+        rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+    })? * 1024;
+    let cgroup = (|| {
+        let max = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
+        let max = max.trim().parse::<u64>().ok()?;
+        let current = std::fs::read_to_string("/sys/fs/cgroup/memory.current").ok()?;
+        Some(max.saturating_sub(current.trim().parse::<u64>().ok()?))
+    })();
+    Some(cgroup.map_or(available, |c| c.min(available)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Architecture;
+    use crate::model::init::TinySpec;
+
+    fn qwen2_72b() -> ModelConfig {
+        let mut spec = TinySpec::new(Architecture::Qwen2, 152_064);
+        spec.hidden_size = 8192;
+        spec.intermediate_size = 29_568;
+        spec.layers = 80;
+        spec.heads = 64;
+        spec.kv_heads = 8;
+        spec.tie_word_embeddings = false;
+        let dir = tempfile::tempdir().unwrap();
+        let path = spec.write_config(dir.path()).unwrap();
+        ModelConfig::from_file(&path).unwrap()
+    }
+
+    #[test]
+    fn a_72b_teacher_in_bf16_is_refused_on_one_80_gb_gpu_naming_its_weights() {
+        let cfg = qwen2_72b();
+        // Qwen2-72B has 72.7 billion parameters.
+        let p = parameters(&cfg) as f64;
+        assert!((p / 72.7e9 - 1.0).abs() < 0.01, "{p}");
+        let shape = ForwardShape {
+            batch: 4,
+            seq_len: 2048,
+        };
+        let plan = MemoryPlan::precompute(&cfg, DType::BF16, shape, 24 << 20, 256 << 20, false);
+        let weights = plan.terms[0].bytes as f64;
+        assert!((weights / 145.4e9 - 1.0).abs() < 0.01, "{weights}");
+        assert_eq!(plan.largest().what, "teacher weights");
+        let err = plan
+            .check(Some(80 * 1_000_000_000), "cuda:0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--device:") && err.contains("teacher weights") && !err.contains('\n'),
+            "{err}"
+        );
+        assert!(plan.check(Some(200 << 30), "cuda:0").is_ok());
+        assert!(plan.check(None, "cuda:0").is_ok());
+    }
+
+    #[test]
+    fn training_attention_grows_with_the_square_of_the_sequence_and_names_the_batch_flag() {
+        let mut spec = TinySpec::new(Architecture::Llama, 32_000);
+        spec.hidden_size = 512;
+        spec.intermediate_size = 1024;
+        spec.layers = 4;
+        spec.heads = 8;
+        spec.kv_heads = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ModelConfig::from_file(&spec.write_config(dir.path()).unwrap()).unwrap();
+        let plan = |seq_len| {
+            MemoryPlan::distill(&cfg, ForwardShape { batch: 8, seq_len }, 1, 3, 64 << 20, 4)
+        };
+        let (a, b) = (plan(1024), plan(4096));
+        let scores = |p: &MemoryPlan| {
+            p.terms
+                .iter()
+                .find(|t| t.what == "attention scores")
+                .unwrap()
+                .bytes
+        };
+        assert_eq!(scores(&b), 16 * scores(&a));
+        assert_eq!(b.largest().what, "attention scores");
+        let err = b.check(Some(1 << 30), "cpu").unwrap_err().to_string();
+        assert!(err.contains("--batch-size"), "{err}");
+        assert!(b.describe().contains("attention scores"));
+    }
+}
