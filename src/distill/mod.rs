@@ -194,6 +194,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         optimizer_copies,
         trainer::LOSS_CHUNK_BYTES,
         chunk_temporaries,
+        device.is_cpu(),
     );
     writeln!(
         out,

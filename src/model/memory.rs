@@ -29,6 +29,9 @@ pub struct MemoryPlan {
     pub terms: Vec<Term>,
 }
 
+/// Host memory of a distill run besides its tensors.
+const DISTILL_RUNTIME_BYTES: u64 = 192 << 20;
+
 /// The settings of a teacher forward that the plan depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardShape {
@@ -117,6 +120,7 @@ impl MemoryPlan {
         optimizer_copies: u64,
         loss_chunk_bytes: usize,
         chunk_temporaries: u64,
+        on_cpu: bool,
     ) -> Self {
         let p = parameters(cfg) * 4;
         let positions = (shape.batch * shape.seq_len) as u64;
@@ -125,7 +129,7 @@ impl MemoryPlan {
         let t = shape.seq_len as u64;
         let vocab_hidden = (cfg.vocab_size * cfg.hidden_size) as u64 * 4;
         let repeat = (cfg.num_attention_heads * cfg.head_dim) as u64 * 2;
-        Self {
+        let mut plan = Self {
             terms: vec![
                 Term {
                     what: "student weights",
@@ -167,7 +171,17 @@ impl MemoryPlan {
                     shrink: None,
                 },
             ],
+        };
+        if on_cpu {
+            // The binary, the loader's prefetched batches and the blocks the allocator keeps
+            // (measured: `benches/memory_plan.py`); on a GPU they are host memory.
+            plan.terms.push(Term {
+                what: "runtime",
+                bytes: DISTILL_RUNTIME_BYTES,
+                shrink: None,
+            });
         }
+        plan
     }
 
     pub fn total(&self) -> u64 {
@@ -273,17 +287,98 @@ mod tests {
     use crate::model::config::Architecture;
     use crate::model::init::TinySpec;
 
-    fn qwen2_72b() -> ModelConfig {
-        let mut spec = TinySpec::new(Architecture::Qwen2, 152_064);
-        spec.hidden_size = 8192;
-        spec.intermediate_size = 29_568;
-        spec.layers = 80;
-        spec.heads = 64;
-        spec.kv_heads = 8;
-        spec.tie_word_embeddings = false;
+    /// A Qwen2 config: (hidden, intermediate, layers, heads, kv heads, vocab, tied).
+    fn qwen2(shape: (usize, usize, usize, usize, usize, usize, bool)) -> ModelConfig {
+        let mut spec = TinySpec::new(Architecture::Qwen2, shape.5);
+        spec.hidden_size = shape.0;
+        spec.intermediate_size = shape.1;
+        spec.layers = shape.2;
+        spec.heads = shape.3;
+        spec.kv_heads = shape.4;
+        spec.tie_word_embeddings = shape.6;
+        spec.max_position_embeddings = 32_768;
         let dir = tempfile::tempdir().unwrap();
         let path = spec.write_config(dir.path()).unwrap();
         ModelConfig::from_file(&path).unwrap()
+    }
+
+    fn qwen2_72b() -> ModelConfig {
+        qwen2((8192, 29_568, 80, 64, 8, 152_064, false))
+    }
+
+    const GIB: u64 = 1 << 30;
+    /// What an 80 GB H100 and a 141 GB H200 have free for a process.
+    const H100: u64 = 79 * GIB;
+    const H200: u64 = 139 * GIB;
+
+    /// The table of the README's GPU section: which teacher fits which GPU in which dtype for
+    /// `precompute` at batch 4 × 2048, and which student batch fits for `distill` (device path).
+    #[test]
+    fn the_readme_gpu_table() {
+        let shape = ForwardShape {
+            batch: 4,
+            seq_len: 2048,
+        };
+        let teachers = [
+            (
+                "Qwen2-7B",
+                qwen2((3584, 18_944, 28, 28, 4, 152_064, false)),
+                7.6e9,
+            ),
+            (
+                "Qwen2.5-32B",
+                qwen2((5120, 27_648, 64, 40, 8, 152_064, false)),
+                32.8e9,
+            ),
+            ("Qwen2-72B", qwen2_72b(), 72.7e9),
+        ];
+        let mut rows = Vec::new();
+        for (name, cfg, params) in &teachers {
+            let p = parameters(cfg) as f64;
+            assert!((p / params - 1.0).abs() < 0.01, "{name}: {p} parameters");
+            for dtype in [DType::F32, DType::BF16] {
+                let plan = MemoryPlan::precompute(cfg, dtype, shape, 24 << 20, 256 << 20, false);
+                let fits = |free| plan.check(Some(free), "cuda:0").is_ok();
+                rows.push(format!(
+                    "{name} {dtype:?} {:.0} GiB h100 {} h200 {}",
+                    plan.total() as f64 / GIB as f64,
+                    fits(H100),
+                    fits(H200)
+                ));
+            }
+        }
+        let student = qwen2((1536, 8960, 28, 12, 2, 151_936, true));
+        for (batch, seq_len) in [(8, 2048), (2, 2048), (1, 2048)] {
+            let plan = MemoryPlan::distill(
+                &student,
+                ForwardShape { batch, seq_len },
+                8,
+                2,
+                64 << 20,
+                12,
+                false,
+            );
+            rows.push(format!(
+                "Qwen2-1.5B student {batch}x{seq_len} {:.0} GiB h100 {} h200 {}",
+                plan.total() as f64 / GIB as f64,
+                plan.check(Some(H100), "cuda:0").is_ok(),
+                plan.check(Some(H200), "cuda:0").is_ok()
+            ));
+        }
+        let text = rows.join("\n");
+        println!("{text}");
+        let want = [
+            "Qwen2-7B F32 33 GiB h100 true h200 true",
+            "Qwen2-7B BF16 17 GiB h100 true h200 true",
+            "Qwen2.5-32B F32 129 GiB h100 false h200 true",
+            "Qwen2.5-32B BF16 65 GiB h100 true h200 true",
+            "Qwen2-72B F32 280 GiB h100 false h200 false",
+            "Qwen2-72B BF16 140 GiB h100 false h200 false",
+            "Qwen2-1.5B student 8x2048 338 GiB h100 false h200 false",
+            "Qwen2-1.5B student 2x2048 109 GiB h100 false h200 true",
+            "Qwen2-1.5B student 1x2048 70 GiB h100 true h200 true",
+        ];
+        assert_eq!(text, want.join("\n"));
     }
 
     #[test]
@@ -323,7 +418,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ModelConfig::from_file(&spec.write_config(dir.path()).unwrap()).unwrap();
         let plan = |seq_len| {
-            MemoryPlan::distill(&cfg, ForwardShape { batch: 8, seq_len }, 1, 3, 64 << 20, 4)
+            MemoryPlan::distill(
+                &cfg,
+                ForwardShape { batch: 8, seq_len },
+                1,
+                3,
+                64 << 20,
+                4,
+                true,
+            )
         };
         let (a, b) = (plan(1024), plan(4096));
         let scores = |p: &MemoryPlan| {

@@ -557,7 +557,11 @@ fn a_run_larger_than_the_free_memory_is_refused_before_it_writes_anything() {
         stderr.trim().lines().count() == 1 && stderr.contains("the largest part is the"),
         "{stderr}"
     );
-    assert!(!cache.exists(), "a refused precompute left {}", cache.display());
+    assert!(
+        !cache.exists(),
+        "a refused precompute left {}",
+        cache.display()
+    );
 
     // With room, the plan is printed and the run goes on.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
