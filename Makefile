@@ -99,8 +99,8 @@ check-cuda:
 	$(CARGO) check --locked --features cuda --all-targets --target-dir target/cuda
 
 ## gpu-bundle: a stripped `--release --features cuda` binary for H100/H200 (sm_90, CUDA 13.0 from
-## PyPI, the GPU machine's driver 580) into gpu-bundle/ (gitignored, at most 64 MiB), for the
-## device tool's `carry`; it prints its size, build time and the libraries it needs
+## PyPI, the GPU machine's driver 580) into gpu-bundle/ (gitignored; xz-compressed, 10 MiB) for
+## the device tool's `carry`; it prints its size and the libraries it needs
 gpu-bundle:
 	PYTHON=$(PYTHON) CARGO=$(CARGO) bash scripts/gpu-bundle.sh
 

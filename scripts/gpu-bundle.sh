@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make gpu-bundle: a stripped `--release --features cuda` taidcache for compute capability 9.0
 # (H100, H200), built on this machine (no GPU, no system CUDA toolkit) for the GPU machine
-# (driver 580 = CUDA 13.0, PyTorch's pip CUDA libraries, no Rust), into gpu-bundle/.
+# (driver 580 = CUDA 13.0, PyTorch's pip CUDA libraries, no Rust), into gpu-bundle/ as
+# taidcache.xz + BUILD.json, for the device tool's `carry` (64 MiB with the working tree).
 #
 # Why CUDA 13.0 exactly: candle's kernels are embedded as PTX that the driver compiles when a
 # module is first used, and a 580 driver refuses PTX from a newer nvcc (13.1+ writes a newer PTX
@@ -9,8 +10,8 @@
 # only compiles and takes the newest.
 #
 # Linking: candle 0.11 builds cudarc 0.19 with `dynamic-linking`, so the binary names libcuda.so.1,
-# libcublas.so.13, libcublasLt.so.13, libcurand.so.10 (and whatever else the linker keeps) as
-# DT_NEEDED. The pip wheels ship only the versioned files, and no libcuda at all (the driver's):
+# libcublas.so.13, libcurand.so.10 and (for candle-kernels' static MoE library) libcudart.so.13
+# as DT_NEEDED (--as-needed drops cublasLt and nvrtc; libcublas loads libcublasLt itself). The pip wheels ship only the versioned files, and no libcuda at all (the driver's):
 # the unversioned names are symlinks made here, and libcuda.so a stub holding every driver
 # symbol cudarc declares, with the driver's soname. At run time the real driver and PyTorch's
 # wheels answer (scripts/gpu-check.sh points LD_LIBRARY_PATH at them).
@@ -108,7 +109,7 @@ cat >"$OUT_DIR/BUILD.json" <<EOF
 EOF
 bytes=$(du -sb "$OUT_DIR" | cut -f1)
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-echo "gpu-bundle: $OUT_DIR/ is $bytes bytes ($((bytes / 1048576)) MiB; the binary is $(stat -c %s "$bin") bytes before xz), built in ${build_s} s"
+echo "gpu-bundle: $OUT_DIR/ is $bytes bytes ($((bytes / 1048576)) MiB; the binary is $(stat -c %s "$bin") bytes before xz), in ${build_s} s"
 echo "gpu-bundle: it needs $needed; newest symbols $glibc $glibcxx; PTX ISA $ptx_isa"
 [ $((bytes + tree)) -le $((LIMIT_MIB * 1048576)) ] ||
     fail "$OUT_DIR/ ($bytes bytes) and the working tree ($tree bytes) are over the device tool's $LIMIT_MIB MiB."
