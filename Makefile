@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb
 
-.PHONY: all setup build test fuzz soak demo replicate lint fmt bench bench-report check-cuda doc clean
+.PHONY: all setup build test fuzz soak demo replicate lint fmt bench bench-report check-cuda gpu-bundle gpu-check doc clean
 
 all: build
 
@@ -97,6 +97,24 @@ check-cuda:
 	CUDA_HOME=$$cuda CUDA_PATH=$$cuda NVCC=$$cuda/bin/nvcc PATH=$$cuda/bin:$$PATH \
 	CUDARC_CUDA_VERSION=13040 CUDA_COMPUTE_CAP=90 \
 	$(CARGO) check --locked --features cuda --all-targets --target-dir target/cuda
+
+## gpu-bundle: a stripped `--release --features cuda` binary for H100/H200 (sm_90, CUDA 13.0 from
+## PyPI, the GPU machine's driver 580) into gpu-bundle/ (gitignored; xz-compressed, 10 MiB) for
+## the device tool's `carry`; it prints its size and the libraries it needs
+gpu-bundle:
+	PYTHON=$(PYTHON) CARGO=$(CARGO) bash scripts/gpu-bundle.sh
+
+## gpu-check: scripts/gpu-check.sh here: on cuda:0 with gpu-bundle/ where nvidia-smi sees a GPU,
+## else the `--device cpu` dry run with the release binary (the GPU machine has no make: there,
+## run `bash scripts/gpu-check.sh` itself; README "On a GPU")
+gpu-check:
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+		test -f gpu-bundle/taidcache.xz || $(MAKE) gpu-bundle; \
+		bash scripts/gpu-check.sh; \
+	else \
+		$(CARGO) build --release --locked && \
+		bash scripts/gpu-check.sh --device cpu --bin $(TARGET_DIR)/release/taidcache; \
+	fi
 
 ## doc: API documentation
 doc:
