@@ -215,7 +215,9 @@ impl MemoryPlan {
         let big = self.largest();
         let remedy = match big.shrink {
             Some(flag) => format!("lower it with {flag}"),
-            None => format!("nothing but a smaller model or a device with more memory lowers it"),
+            None => {
+                "nothing but a smaller model or a device with more memory lowers it".to_string()
+            }
         };
         Err(Error::flag(
             "--device",
