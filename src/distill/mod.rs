@@ -35,7 +35,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::sha256_file;
 use crate::lock::{Access, DirLock};
 use crate::model::config::ModelConfig;
-use crate::model::memory::{free_bytes, ForwardShape, MemoryPlan};
+use crate::model::memory::{ForwardShape, MemoryPlan};
 use crate::model::train::Student;
 use crate::model::weights::{CONFIG_FILE, TOKENIZER_FILE};
 
@@ -196,14 +196,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         chunk_temporaries,
         device.is_cpu(),
     );
-    writeln!(
-        out,
-        "estimated peak memory on {}: {}",
-        opts.device,
-        memory.describe()
-    )
-    .at(&opts.out)?;
-    memory.check(free_bytes(&device), &opts.device.to_string())?;
+    memory.announce(out, &opts.device, &device)?;
 
     // Loaded before `RUN/` is touched, so that a student that cannot be trained leaves no run.
     let initial = Student::from_dir(&opts.student, opts.seed, &device)?;

@@ -176,30 +176,52 @@ impl AdamW {
 
     /// Save the moments and the step count (safetensors: `m.NAME`, `v.NAME`, `steps`).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors = HashMap::new();
+        let mut moments = Vec::with_capacity(2 * self.slots.len());
         for s in &self.slots {
-            let shape = s.var.shape().clone();
-            tensors.insert(
-                format!("m.{}", s.name),
-                Tensor::from_slice(&s.m, &shape, &Device::Cpu).ctx("save")?,
-            );
-            tensors.insert(
-                format!("v.{}", s.name),
-                Tensor::from_slice(&s.v, &shape, &Device::Cpu).ctx("save")?,
-            );
+            for (prefix, data) in [("m", &s.m), ("v", &s.v)] {
+                let t = Tensor::from_slice(data, s.var.shape(), &Device::Cpu).ctx("save")?;
+                moments.push((format!("{prefix}.{}", s.name), t));
+            }
         }
-        let steps = Tensor::new(&[self.steps as i64], &Device::Cpu).ctx("save")?;
-        tensors.insert("steps".to_string(), steps);
-        candle_core::safetensors::save(&tensors, path)
-            .map_err(|e| Error::checkpoint(path, format!("cannot write optimizer state: {e}")))?;
-        std::fs::File::open(path)
-            .and_then(|f| f.sync_all())
-            .at(path)
+        write_state(path, self.steps, moments)
     }
 
     /// Load what [`save`](Self::save) wrote, for the same parameters; the weights are re-read
     /// from the variables (the checkpoint's model files were loaded into them).
     pub fn load(&mut self, path: &Path) -> Result<()> {
+        let state = SavedState::read(path)?;
+        self.steps = state.steps;
+        for s in &mut self.slots {
+            s.m = with_host_f32(state.moment("m", &s.name, s.var.dims())?, |x| x.to_vec())?;
+            s.v = with_host_f32(state.moment("v", &s.name, s.var.dims())?, |x| x.to_vec())?;
+            s.weights = with_host_f32(s.var.as_tensor(), |w| w.to_vec())?;
+        }
+        Ok(())
+    }
+}
+
+/// Write an optimizer state: the moments (`m.NAME`, `v.NAME`, host tensors) and `steps`, synced.
+/// Both optimizers write this layout, so a checkpoint resumes on either step path.
+pub fn write_state(path: &Path, steps: u64, moments: Vec<(String, Tensor)>) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = moments.into_iter().collect();
+    let steps = Tensor::new(&[steps as i64], &Device::Cpu).ctx("save")?;
+    tensors.insert("steps".to_string(), steps);
+    candle_core::safetensors::save(&tensors, path)
+        .map_err(|e| Error::checkpoint(path, format!("cannot write optimizer state: {e}")))?;
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .at(path)
+}
+
+/// An optimizer state read back by [`write_state`]'s layout, on the host.
+pub struct SavedState {
+    path: std::path::PathBuf,
+    tensors: HashMap<String, Tensor>,
+    pub steps: u64,
+}
+
+impl SavedState {
+    pub fn read(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::checkpoint(path, msg);
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| bad(format!("not a readable optimizer state: {e}")))?;
@@ -208,25 +230,31 @@ impl AdamW {
             .ok_or_else(|| bad("missing tensor `steps`".into()))?
             .to_vec1::<i64>()
             .map_err(|e| bad(format!("tensor `steps`: {e}")))?;
-        self.steps = steps.first().copied().unwrap_or(0).max(0) as u64;
-        for s in &mut self.slots {
-            for (prefix, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
-                let key = format!("{prefix}.{}", s.name);
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| bad(format!("missing tensor `{key}`")))?;
-                if t.dims() != s.var.dims() {
-                    return Err(bad(format!(
-                        "tensor `{key}` has shape {:?}, the model {:?}",
-                        t.dims(),
-                        s.var.dims()
-                    )));
-                }
-                *dst = with_host_f32(t, |x| x.to_vec())?;
-            }
-            s.weights = with_host_f32(s.var.as_tensor(), |w| w.to_vec())?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            steps: steps.first().copied().unwrap_or(0).max(0) as u64,
+            tensors,
+        })
+    }
+
+    /// The moment `PREFIX.NAME` (`m` or `v`), which must have the parameter's shape `dims`.
+    pub fn moment(&self, prefix: &str, name: &str, dims: &[usize]) -> Result<&Tensor> {
+        let key = format!("{prefix}.{name}");
+        let t = self
+            .tensors
+            .get(&key)
+            .ok_or_else(|| Error::checkpoint(&self.path, format!("missing tensor `{key}`")))?;
+        if t.dims() != dims {
+            return Err(Error::checkpoint(
+                &self.path,
+                format!(
+                    "tensor `{key}` has shape {:?}, the model {:?}",
+                    t.dims(),
+                    dims
+                ),
+            ));
         }
-        Ok(())
+        Ok(t)
     }
 }
 

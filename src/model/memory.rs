@@ -205,6 +205,19 @@ impl MemoryPlan {
         format!("{} ({})", human(self.total()), parts.join(", "))
     }
 
+    /// Print the plan to `out` (`estimated peak memory on DEVICE: …`) and refuse it when it is
+    /// larger than the free memory of `device` (named `spec` on the command line).
+    pub fn announce(
+        &self,
+        out: &mut dyn std::io::Write,
+        spec: &super::DeviceSpec,
+        device: &Device,
+    ) -> Result<()> {
+        writeln!(out, "estimated peak memory on {spec}: {}", self.describe())
+            .map_err(|e| Error::Internal(format!("writing the memory plan: {e}")))?;
+        self.check(free_bytes(device), &spec.to_string())
+    }
+
     /// Refuse a plan larger than `free` bytes of `device_flag`'s device, naming the largest
     /// term and what shrinks it.
     pub fn check(&self, free: Option<u64>, device: &str) -> Result<()> {

@@ -86,17 +86,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         teacher::QUEUED_LOGITS_BYTES,
         device.is_cpu(),
     );
-    writeln!(
-        out,
-        "estimated peak memory on {}: {}",
-        opts.device,
-        memory.describe()
-    )
-    .at(&opts.out)?;
-    memory.check(
-        crate::model::memory::free_bytes(&device),
-        &opts.device.to_string(),
-    )?;
+    memory.announce(out, &opts.device, &device)?;
     // Held to the end of the run, taken before anything looks at what --out holds.
     let _lock = crate::cache::lock::lock_for_writing(&opts.out, opts.worker, opts.workers)?;
     let write_opts = WriteOptions {

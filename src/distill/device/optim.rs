@@ -6,15 +6,14 @@
 //! same layout (`m.NAME`, `v.NAME`, `steps`), so a checkpoint written by either path resumes on
 //! the other. The moments are copied to the host only when a checkpoint is saved.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::traffic;
-use crate::distill::optim::AdamWConfig;
-use crate::error::{CandleContext, Error, IoContext, Result};
+use crate::distill::optim::{write_state, AdamWConfig, SavedState};
+use crate::error::{CandleContext, Error, Result};
 
 struct Slot {
     name: String,
@@ -97,57 +96,31 @@ impl DeviceAdamW {
 
     /// Save the moments and the step count, in the host optimizer's layout.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors = HashMap::new();
+        let mut moments = Vec::with_capacity(2 * self.slots.len());
         for s in &self.slots {
             for (prefix, t) in [("m", &s.m), ("v", &s.v)] {
                 traffic::count_to_host(t.elem_count() * 4);
                 let host = t.to_device(&Device::Cpu).ctx("save")?;
-                tensors.insert(format!("{prefix}.{}", s.name), host);
+                moments.push((format!("{prefix}.{}", s.name), host));
             }
         }
-        let steps = Tensor::new(&[self.steps as i64], &Device::Cpu).ctx("save")?;
-        tensors.insert("steps".to_string(), steps);
-        candle_core::safetensors::save(&tensors, path)
-            .map_err(|e| Error::checkpoint(path, format!("cannot write optimizer state: {e}")))?;
-        std::fs::File::open(path)
-            .and_then(|f| f.sync_all())
-            .at(path)
+        write_state(path, self.steps, moments)
     }
 
     /// Load what [`save`](Self::save) (or the host optimizer) wrote, for the same parameters.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let bad = |msg: String| Error::checkpoint(path, msg);
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| bad(format!("not a readable optimizer state: {e}")))?;
-        let steps = tensors
-            .get("steps")
-            .ok_or_else(|| bad("missing tensor `steps`".into()))?
-            .to_vec1::<i64>()
-            .map_err(|e| bad(format!("tensor `steps`: {e}")))?;
-        self.steps = steps.first().copied().unwrap_or(0).max(0) as u64;
+        let state = SavedState::read(path)?;
+        self.steps = state.steps;
         for s in &mut self.slots {
-            for prefix in ["m", "v"] {
-                let key = format!("{prefix}.{}", s.name);
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| bad(format!("missing tensor `{key}`")))?;
-                if t.dims() != s.var.dims() {
-                    return Err(bad(format!(
-                        "tensor `{key}` has shape {:?}, the model {:?}",
-                        t.dims(),
-                        s.var.dims()
-                    )));
-                }
+            let upload = |prefix: &str| -> Result<Tensor> {
+                let t = state.moment(prefix, &s.name, s.var.dims())?;
                 traffic::count_to_device(t.elem_count() * 4);
-                let t = t
-                    .to_dtype(DType::F32)
+                t.to_dtype(DType::F32)
                     .and_then(|t| t.to_device(s.var.device()))
-                    .ctx(key.clone())?;
-                match prefix {
-                    "m" => s.m = t,
-                    _ => s.v = t,
-                }
-            }
+                    .ctx(format!("{prefix}.{}", s.name))
+            };
+            s.m = upload("m")?;
+            s.v = upload("v")?;
         }
         Ok(())
     }
