@@ -2,9 +2,10 @@
 """The memory plan's estimate against the measured peak resident memory, on the CPU.
 
 Generates a random Llama teacher, a corpus and a student config (scripts/gpu_fixtures.py),
-then runs `taidcache precompute` and `taidcache distill` (host and device step paths) once each
+then runs `taidcache precompute` and `taidcache distill` (host and device step paths, and the
+host path with --recompute) once each
 and compares the estimate each prints ("estimated peak memory on cpu: ...") with the process's
-peak RSS (wait4's ru_maxrss). Prints a markdown table.
+peak RSS (GNU time's %M). Prints a markdown table.
 
     python3 benches/memory_plan.py --bin target/release/taidcache [--work DIR]
 """
@@ -28,21 +29,18 @@ UNITS = {"MiB": 1 << 20, "GiB": 1 << 30}
 
 
 def run_measured(cmd, env=None):
-    pid = os.fork()
-    if pid == 0:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        log = os.open(cmd_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(log, 1)
-        os.dup2(devnull, 2)
-        try:
-            os.execve(cmd[0], cmd, env or os.environ)
-        finally:
-            os._exit(127)
-    _, status, usage = os.wait4(pid, 0)
-    out = open(cmd_log).read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out}")
-    return out, usage.ru_maxrss * 1024
+    """(stdout, peak RSS in bytes) of one command, measured by GNU time in a fresh process (a
+    fork of this Python would count the interpreter's own pages)."""
+    rss_file = os.path.join(os.path.dirname(cmd_log), "rss.txt")
+    if not os.path.exists("/usr/bin/time"):
+        sys.exit("benches/memory_plan.py needs GNU time at /usr/bin/time (Debian package `time`)")
+    full = ["/usr/bin/time", "-o", rss_file, "-f", "%M"] + cmd
+    proc = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+    with open(rss_file) as f:
+        kib = int(f.read().split()[-1])
+    return proc.stdout, kib * 1024
 
 
 def estimate(stdout):
@@ -70,13 +68,14 @@ def main():
                              "--out", cache, "--seq-len", str(SEQ_LEN), "--batch-size", "4",
                              "--top-k", "50"])
     rows.append(("precompute, teacher 6 × 512, vocab 32,000, batch 4 × 512", estimate(out), rss))
-    for path in ["host", "device"]:
+    for path, extra in [("host", []), ("device", []), ("host", ["--recompute"])]:
         env = dict(os.environ, TAIDCACHE_STEP_PATH=path)
-        run_out = os.path.join(work, f"run-{path}")
+        run_out = os.path.join(work, f"run-{path}{''.join(extra)}")
         out, rss = run_measured([a.bin, "distill", "--cache", cache, "--student", student,
                                  "--out", run_out, "--steps", "3", "--batch-size", "4",
-                                 "--eval-every", "0", "--save-every", "0"], env)
-        rows.append((f"distill ({path} path), student 4 × 256, batch 4 × 512", estimate(out), rss))
+                                 "--eval-every", "0", "--save-every", "0"] + extra, env)
+        what = f"distill ({path} path{', ' + ' '.join(extra) if extra else ''})"
+        rows.append((f"{what}, student 4 × 256, batch 4 × 512", estimate(out), rss))
     print("| run | estimate | measured peak RSS | estimate / measured |")
     print("|---|---|---|---|")
     for what, est, rss in rows:

@@ -21,7 +21,8 @@
 //! `--save-every` (when checkpoints are written, never what they hold), `--save-dtype`
 //! (how `final/` is written; checkpoints are always f32), `--device` (the machine, not the run:
 //! a run may move to another machine, where it matches the uninterrupted run up to floating
-//! point summation order rather than byte for byte) and the progress bar.
+//! point summation order rather than byte for byte), `--recompute` (how the backward gets the
+//! same gradients: the same ops, run again) and the progress bar.
 
 use std::io::Write;
 use std::path::Path;
@@ -320,7 +321,7 @@ mod tests {
     fn every_option_is_in_the_trajectory_or_documented_as_not() {
         // The options the module documentation says leave the trajectory alone, or enter the
         // identity another way (by content, or resolved into `steps`).
-        const NOT_FLAGS: [&str; 12] = [
+        const NOT_FLAGS: [&str; 13] = [
             "cache",
             "student",
             "eval_cache",
@@ -333,6 +334,7 @@ mod tests {
             "save_every",
             "save_dtype",
             "device",
+            "recompute",
         ];
         let opts = serde_json::to_value(DistillOptions::default()).unwrap();
         let flags = as_json(&Trajectory::of(&DistillOptions::default())).unwrap();

@@ -35,7 +35,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::sha256_file;
 use crate::lock::{Access, DirLock};
 use crate::model::config::ModelConfig;
-use crate::model::memory::{ForwardShape, MemoryPlan};
+use crate::model::memory::{DistillSettings, ForwardShape, MemoryPlan};
 use crate::model::train::Student;
 use crate::model::weights::{CONFIG_FILE, TOKENIZER_FILE};
 
@@ -186,15 +186,18 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     };
     let memory = MemoryPlan::distill(
         &student_config,
-        ForwardShape {
-            batch: opts.batch_size,
-            seq_len: cache.manifest().packing.seq_len,
+        &DistillSettings {
+            shape: ForwardShape {
+                batch: opts.batch_size,
+                seq_len: cache.manifest().packing.seq_len,
+            },
+            grad_accum: opts.grad_accum,
+            optimizer_copies,
+            loss_chunk_bytes: trainer::LOSS_CHUNK_BYTES,
+            chunk_temporaries,
+            on_cpu: device.is_cpu(),
+            recompute: opts.recompute,
         },
-        opts.grad_accum,
-        optimizer_copies,
-        trainer::LOSS_CHUNK_BYTES,
-        chunk_temporaries,
-        device.is_cpu(),
     );
     memory.announce(out, &opts.device, &device)?;
 

@@ -125,6 +125,12 @@ pub struct DistillOptions {
     /// Accept an --eval-cache made by another teacher (or tokenizer) than --cache.
     #[arg(long)]
     pub eval_cache_any_teacher: bool,
+    /// Keep only each layer's input during the forward and run the layer again in the backward
+    /// (gradient checkpointing): about a third more compute for the activations and attention
+    /// scores of one layer instead of all of them. The same gradients.
+    #[arg(long)]
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 fn yes() -> bool {

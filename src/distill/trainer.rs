@@ -21,6 +21,7 @@ use super::options::{AdaptiveSignal, DistillOptions};
 use super::schedule::{LrSchedule, TaidSchedule};
 use crate::cache::ShardBatch;
 use crate::error::{CandleContext, Error, Result};
+use crate::model::decoder::TrainForward;
 use crate::model::train::Student;
 use crate::model::Mode;
 
@@ -113,12 +114,12 @@ pub fn micro_batch(
     let device = student.model.device().clone();
     let vocab = student.config.vocab_size;
     let ids = Tensor::from_slice(&data.input_ids, (b, s), &device).ctx("student input")?;
-    let hidden = student
+    let forward = student
         .model
-        .forward_hidden(&ids, Mode::Train)
+        .forward_train(&ids, student.recompute)
         .ctx("student forward")?;
-    let h = hidden.dim(2).ctx("student forward")?;
-    let hidden = hidden.reshape((b * s, h)).ctx("student forward")?;
+    let h = forward.hidden.dim(2).ctx("student forward")?;
+    let hidden = forward.hidden.reshape((b * s, h)).ctx("student forward")?;
     let hd = hidden.detach();
     let w_var = student.lm_head_var();
     let w = w_var.as_tensor().detach();
@@ -148,7 +149,7 @@ pub fn micro_batch(
         });
         Ok(())
     })?;
-    finish_backward(student, &hidden, grad_h, grad_w, acc)?;
+    finish_backward(student, forward, &hidden, grad_h, grad_w, acc)?;
     Ok(out)
 }
 
@@ -157,6 +158,7 @@ pub fn micro_batch(
 /// projection's own gradient `grad_w` added, and everything accumulated into `acc`.
 fn finish_backward(
     student: &Student,
+    forward: TrainForward,
     hidden: &Tensor,
     grad_h: Vec<Tensor>,
     grad_w: Option<Tensor>,
@@ -168,7 +170,11 @@ fn finish_backward(
         .ctx("surrogate")?
         .sum_all()
         .ctx("surrogate")?;
-    let mut grads = surrogate.backward().ctx("backward")?;
+    let grads = surrogate.backward().ctx("backward")?;
+    let mut grads = student
+        .model
+        .backward_through_layers(forward, grads)
+        .ctx("backward")?;
     if let Some(gw) = grad_w {
         let total = match grads.remove(w_var.as_tensor()) {
             Some(g) => (g + gw).ctx("lm_head gradient")?,
@@ -209,12 +215,12 @@ pub fn micro_batch_device(
     let vocab = student.config.vocab_size;
     let ids = device::traffic::upload(&data.input_ids, (b, s), &device).ctx("student input")?;
     let batch = DeviceBatch::upload(data, &device)?;
-    let hidden = student
+    let forward = student
         .model
-        .forward_hidden(&ids, Mode::Train)
+        .forward_train(&ids, student.recompute)
         .ctx("student forward")?;
-    let h = hidden.dim(2).ctx("student forward")?;
-    let hidden = hidden.reshape((b * s, h)).ctx("student forward")?;
+    let h = forward.hidden.dim(2).ctx("student forward")?;
+    let hidden = forward.hidden.reshape((b * s, h)).ctx("student forward")?;
     let hd = hidden.detach();
     let w = student.lm_head_var().as_tensor().detach();
     let wt = w.t().ctx("lm_head")?;
@@ -244,7 +250,7 @@ pub fn micro_batch_device(
         });
         start += n;
     }
-    finish_backward(student, &hidden, grad_h, grad_w, acc)?;
+    finish_backward(student, forward, &hidden, grad_h, grad_w, acc)?;
     Ok(counts(data))
 }
 
@@ -445,11 +451,12 @@ impl Trainer {
 
     /// [`new`](Self::new) on a given step path.
     pub fn with_step_path(
-        student: Student,
+        mut student: Student,
         opts: &DistillOptions,
         total_steps: u64,
         path: StepPath,
     ) -> Result<Self> {
+        student.recompute = opts.recompute;
         let opt = Optimizer::new(
             path,
             student.params.clone(),

@@ -5,7 +5,8 @@
 //! [`Mode::Infer`] uses candle's fused kernels (no backward), [`Mode::Train`] uses only
 //! differentiable ops (`rms_norm` via `forward_diff`, `rope_slow`, `ops::softmax`).
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 
 use super::config::{Architecture, ModelConfig};
@@ -291,6 +292,34 @@ struct Layer {
     mlp: Mlp,
 }
 
+impl Layer {
+    /// x + attn(norm(x)), then + mlp(norm(·)).
+    fn forward(&self, x: &Tensor, rope: &Rope, mode: Mode) -> CResult<Tensor> {
+        let a = self
+            .attn
+            .forward(&norm(&self.input_norm, x, mode)?, rope, mode)?;
+        let x1 = (x + a)?;
+        let m = self.mlp.forward(&norm(&self.post_norm, &x1, mode)?)?;
+        x1 + m
+    }
+}
+
+/// A training forward's result: the final hidden states, and what a recomputing backward needs.
+pub struct TrainForward {
+    /// `[b, t, hidden]`, tracked by autograd.
+    pub hidden: Tensor,
+    recompute: Option<Recompute>,
+}
+
+struct Recompute {
+    ids: Tensor,
+    /// Every layer's (detached) input.
+    inputs: Vec<Tensor>,
+    /// The last layer's output, the variable the final norm was applied to.
+    last: Var,
+    rope: Rope,
+}
+
 /// Rotary tables for one forward.
 struct Rope {
     cos: Tensor,
@@ -389,15 +418,69 @@ impl Decoder {
         let rope = Rope::new(&self.inv_freq, t, self.dtype, &self.device)?;
         let mut x = self.embed.forward(ids)?;
         for layer in &self.layers {
-            let residual = &x;
-            let a = layer
-                .attn
-                .forward(&norm(&layer.input_norm, &x, mode)?, &rope, mode)?;
-            let x1 = (residual + a)?;
-            let m = layer.mlp.forward(&norm(&layer.post_norm, &x1, mode)?)?;
-            x = (x1 + m)?;
+            x = layer.forward(&x, &rope, mode)?;
         }
         norm(&self.norm, &x, mode)
+    }
+
+    /// The training forward, keeping every layer's graph for the backward (`recompute: false`),
+    /// or only every layer's input (`recompute: true`, gradient checkpointing): each layer runs
+    /// on a detached input and its graph is dropped, so the activations and attention scores of
+    /// one layer exist at a time; [`backward_through_layers`](Self::backward_through_layers)
+    /// runs each layer again, last to first, for its gradients. One more forward of compute.
+    pub fn forward_train(&self, ids: &Tensor, recompute: bool) -> CResult<TrainForward> {
+        if !recompute {
+            return Ok(TrainForward {
+                hidden: self.forward_hidden(ids, Mode::Train)?,
+                recompute: None,
+            });
+        }
+        let (_b, t) = ids.dims2()?;
+        let rope = Rope::new(&self.inv_freq, t, self.dtype, &self.device)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = self.embed.forward(ids)?.detach();
+        for layer in &self.layers {
+            let next = layer.forward(&x, &rope, Mode::Train)?.detach();
+            inputs.push(x);
+            x = next;
+        }
+        let last = Var::from_tensor(&x)?;
+        let hidden = norm(&self.norm, last.as_tensor(), Mode::Train)?;
+        Ok(TrainForward {
+            hidden,
+            recompute: Some(Recompute {
+                ids: ids.clone(),
+                inputs,
+                last,
+                rope,
+            }),
+        })
+    }
+
+    /// Complete `grads`, the gradients of a loss of [`TrainForward::hidden`], with those of the
+    /// layers and the embedding when the forward recomputes (else `grads` is already complete).
+    /// Each layer's gradients come from one backward of `Σ layer(x) ⊙ ∂loss/∂layer(x)` on its
+    /// saved input `x`, which also gives the next `∂loss/∂x`.
+    pub fn backward_through_layers(
+        &self,
+        forward: TrainForward,
+        mut grads: GradStore,
+    ) -> CResult<GradStore> {
+        let Some(r) = forward.recompute else {
+            return Ok(grads);
+        };
+        let missing = || candle_core::Error::Msg("no gradient reached the last layer".into());
+        let mut g = grads.remove(r.last.as_tensor()).ok_or_else(missing)?;
+        for (layer, x) in self.layers.iter().zip(&r.inputs).rev() {
+            let x = Var::from_tensor(x)?;
+            let out = layer.forward(x.as_tensor(), &r.rope, Mode::Train)?;
+            let mut layer_grads = (out * &g)?.sum_all()?.backward()?;
+            g = layer_grads.remove(x.as_tensor()).ok_or_else(missing)?;
+            grads.extend(layer_grads)?;
+        }
+        let e = self.embed.forward(&r.ids)?;
+        grads.extend((e * g)?.sum_all()?.backward()?)?;
+        Ok(grads)
     }
 
     /// The output projection `[vocab, hidden]` (the embedding matrix when tied).

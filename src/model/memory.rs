@@ -32,6 +32,20 @@ pub struct MemoryPlan {
 /// Host memory of a distill run besides its tensors.
 const DISTILL_RUNTIME_BYTES: u64 = 192 << 20;
 
+/// The settings of a distill run that its memory depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct DistillSettings {
+    pub shape: ForwardShape,
+    pub grad_accum: usize,
+    /// f32 copies of the weights the optimizer keeps (host path: master, m, v; device: m, v).
+    pub optimizer_copies: u64,
+    pub loss_chunk_bytes: usize,
+    /// `[chunk, vocab]` f32 buffers the loss of a chunk holds at once.
+    pub chunk_temporaries: u64,
+    pub on_cpu: bool,
+    pub recompute: bool,
+}
+
 /// The settings of a teacher forward that the plan depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardShape {
@@ -113,15 +127,16 @@ impl MemoryPlan {
     /// optimizer state (host path: master weights and two moments; device path: two moments),
     /// every layer's activations and attention scores kept for the backward, and the loss
     /// chunks (`chunk_temporaries` `[chunk, vocab]` buffers of `loss_chunk_bytes`).
-    pub fn distill(
-        cfg: &ModelConfig,
-        shape: ForwardShape,
-        grad_accum: usize,
-        optimizer_copies: u64,
-        loss_chunk_bytes: usize,
-        chunk_temporaries: u64,
-        on_cpu: bool,
-    ) -> Self {
+    pub fn distill(cfg: &ModelConfig, run: &DistillSettings) -> Self {
+        let DistillSettings {
+            shape,
+            grad_accum,
+            optimizer_copies,
+            loss_chunk_bytes,
+            chunk_temporaries,
+            on_cpu,
+            recompute,
+        } = *run;
         let p = parameters(cfg) * 4;
         let positions = (shape.batch * shape.seq_len) as u64;
         let layers = cfg.num_hidden_layers as u64;
@@ -129,6 +144,17 @@ impl MemoryPlan {
         let t = shape.seq_len as u64;
         let vocab_hidden = (cfg.vocab_size * cfg.hidden_size) as u64 * 4;
         let repeat = (cfg.num_attention_heads * cfg.head_dim) as u64 * 2;
+        // With --recompute one layer's graph exists at a time, plus every layer's input.
+        let (kept_layers, inputs) = if recompute {
+            (1, layers * positions * cfg.hidden_size as u64 * 4)
+        } else {
+            (layers, 0)
+        };
+        let shrink = if recompute {
+            Some("--batch-size")
+        } else {
+            Some("--recompute or --batch-size")
+        };
         let mut plan = Self {
             terms: vec![
                 Term {
@@ -151,17 +177,18 @@ impl MemoryPlan {
                     // Twice the forward's (the backward's gradients of the same shapes), plus
                     // grouped-query attention's repeated keys and values.
                     bytes: 2
-                        * layers
+                        * kept_layers
                         * positions
                         * (activation_elems_per_position(cfg) + repeat)
-                        * 4,
-                    shrink: Some("--batch-size"),
+                        * 4
+                        + inputs,
+                    shrink,
                 },
                 Term {
                     what: "attention scores",
                     // Scores, masked scores, softmax kept for the backward, and its gradient.
-                    bytes: 4 * layers * shape.batch as u64 * heads * t * t * 4,
-                    shrink: Some("--batch-size"),
+                    bytes: 4 * kept_layers * shape.batch as u64 * heads * t * t * 4,
+                    shrink,
                 },
                 Term {
                     what: "logits chunks",
@@ -363,18 +390,27 @@ mod tests {
             }
         }
         let student = qwen2((1536, 8960, 28, 12, 2, 151_936, true));
-        for (batch, seq_len) in [(8, 2048), (2, 2048), (1, 2048)] {
+        for (batch, seq_len, recompute) in [
+            (8, 2048, false),
+            (2, 2048, false),
+            (1, 2048, false),
+            (8, 2048, true),
+        ] {
             let plan = MemoryPlan::distill(
                 &student,
-                ForwardShape { batch, seq_len },
-                8,
-                2,
-                64 << 20,
-                12,
-                false,
+                &DistillSettings {
+                    shape: ForwardShape { batch, seq_len },
+                    grad_accum: 8,
+                    optimizer_copies: 2,
+                    loss_chunk_bytes: 64 << 20,
+                    chunk_temporaries: 12,
+                    on_cpu: false,
+                    recompute,
+                },
             );
             rows.push(format!(
-                "Qwen2-1.5B student {batch}x{seq_len} {:.0} GiB h100 {} h200 {}",
+                "Qwen2-1.5B student {batch}x{seq_len}{} {:.0} GiB h100 {} h200 {}",
+                if recompute { " recompute" } else { "" },
                 plan.total() as f64 / GIB as f64,
                 plan.check(Some(H100), "cuda:0").is_ok(),
                 plan.check(Some(H200), "cuda:0").is_ok()
@@ -392,6 +428,7 @@ mod tests {
             "Qwen2-1.5B student 8x2048 338 GiB h100 false h200 false",
             "Qwen2-1.5B student 2x2048 109 GiB h100 false h200 true",
             "Qwen2-1.5B student 1x2048 70 GiB h100 true h200 true",
+            "Qwen2-1.5B student 8x2048 recompute 46 GiB h100 true h200 true",
         ];
         assert_eq!(text, want.join("\n"));
     }
@@ -435,12 +472,15 @@ mod tests {
         let plan = |seq_len| {
             MemoryPlan::distill(
                 &cfg,
-                ForwardShape { batch: 8, seq_len },
-                1,
-                3,
-                64 << 20,
-                4,
-                true,
+                &DistillSettings {
+                    shape: ForwardShape { batch: 8, seq_len },
+                    grad_accum: 1,
+                    optimizer_copies: 3,
+                    loss_chunk_bytes: 64 << 20,
+                    chunk_temporaries: 4,
+                    on_cpu: true,
+                    recompute: false,
+                },
             )
         };
         let (a, b) = (plan(1024), plan(4096));
@@ -454,7 +494,7 @@ mod tests {
         assert_eq!(scores(&b), 16 * scores(&a));
         assert_eq!(b.largest().what, "attention scores");
         let err = b.check(Some(1 << 30), "cpu").unwrap_err().to_string();
-        assert!(err.contains("--batch-size"), "{err}");
+        assert!(err.contains("--recompute or --batch-size"), "{err}");
         assert!(b.describe().contains("attention scores"));
     }
 }

@@ -24,6 +24,9 @@ pub struct Student {
     pub config_json: serde_json::Value,
     /// Every parameter, sorted by its Hugging Face name.
     pub params: Vec<(String, Var)>,
+    /// Recompute each layer in the backward instead of keeping its activations
+    /// ([`super::Decoder::forward_train`]); `distill --recompute`.
+    pub recompute: bool,
     varmap: VarMap,
 }
 
@@ -76,6 +79,7 @@ impl Student {
             config,
             config_json,
             params,
+            recompute: false,
             varmap,
         })
     }

@@ -70,6 +70,10 @@ fn paper_recipes_carry_the_papers_hyper_parameters() {
     let q = resolve("qwen2-72b-to-1.5b.toml");
     assert_eq!((q.t_start, q.alpha, q.beta, q.lr), (0.4, 5e-5, 0.99, 1e-5));
     assert_eq!(q.batch_size * q.grad_accum, 64);
+    assert!(
+        q.recompute,
+        "a 1.5B student at 8 × 2048 fits one GPU only with recompute"
+    );
     let p = resolve("phi3-mini-to-tinyllama.toml");
     assert_eq!(
         (p.t_start, p.alpha, p.lr, p.epochs),

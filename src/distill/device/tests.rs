@@ -368,3 +368,43 @@ fn a_checkpoint_of_the_device_path_resumes_on_the_host_path_and_back() {
         std::fs::remove_dir_all(run.path().join("checkpoints")).unwrap();
     }
 }
+
+#[test]
+fn recomputing_the_layers_in_the_backward_gives_the_same_steps_on_both_paths() {
+    let (dir, steps) = setup(31);
+    for path in [StepPath::Host, StepPath::Device] {
+        let opts = DistillOptions {
+            lr: 3e-3,
+            ..DistillOptions::default()
+        };
+        let recompute = DistillOptions {
+            recompute: true,
+            ..opts.clone()
+        };
+        let mut kept = trainer(dir.path(), &opts, path);
+        let mut again = trainer(dir.path(), &recompute, path);
+        for (i, micro) in steps.iter().enumerate() {
+            let (a, b) = (kept.step(micro).unwrap(), again.step(micro).unwrap());
+            assert!(
+                close(a.loss, b.loss, 1e-6) && close(a.grad_norm, b.grad_norm, 1e-6),
+                "{path:?} step {}: loss {} vs {}, gradient norm {} vs {}",
+                i + 1,
+                a.loss,
+                b.loss,
+                a.grad_norm,
+                b.grad_norm
+            );
+        }
+        for ((name, a), (_, b)) in weights(&kept).iter().zip(weights(&again)) {
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-6,
+                "{path:?}: {name} differs by {worst} after 20 steps"
+            );
+        }
+    }
+}
