@@ -105,7 +105,12 @@ fn every_readme_command_runs_as_written() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(from, to).unwrap();
     };
-    for name in ["models/qwen2-7b", "models/qwen2-72b", "models/teacher"] {
+    for name in [
+        "models/qwen2-7b",
+        "models/qwen2-72b",
+        "models/qwen2.5-32b",
+        "models/teacher",
+    ] {
         link(&fx.teacher, name);
     }
     link(&fx.corpus, "data/train.jsonl");
