@@ -114,12 +114,7 @@ pub fn micro_batch(
     let device = student.model.device().clone();
     let vocab = student.config.vocab_size;
     let ids = Tensor::from_slice(&data.input_ids, (b, s), &device).ctx("student input")?;
-    let forward = student
-        .model
-        .forward_train(&ids, student.recompute)
-        .ctx("student forward")?;
-    let h = forward.hidden.dim(2).ctx("student forward")?;
-    let hidden = forward.hidden.reshape((b * s, h)).ctx("student forward")?;
+    let (forward, hidden) = train_forward(student, &ids)?;
     let hd = hidden.detach();
     let w_var = student.lm_head_var();
     let w = w_var.as_tensor().detach();
@@ -151,6 +146,17 @@ pub fn micro_batch(
     })?;
     finish_backward(student, forward, &hidden, grad_h, grad_w, acc)?;
     Ok(out)
+}
+
+/// The student's training forward on `ids` `[b, t]`, and its hidden states as `[b·t, hidden]`.
+fn train_forward(student: &Student, ids: &Tensor) -> Result<(TrainForward, Tensor)> {
+    let forward = student
+        .model
+        .forward_train(ids, student.recompute)
+        .ctx("student forward")?;
+    let (b, t, h) = forward.hidden.dims3().ctx("student forward")?;
+    let hidden = forward.hidden.reshape((b * t, h)).ctx("student forward")?;
+    Ok((forward, hidden))
 }
 
 /// The rest of a micro-batch's backward once the output projection's is done: one backward of
@@ -215,12 +221,7 @@ pub fn micro_batch_device(
     let vocab = student.config.vocab_size;
     let ids = device::traffic::upload(&data.input_ids, (b, s), &device).ctx("student input")?;
     let batch = DeviceBatch::upload(data, &device)?;
-    let forward = student
-        .model
-        .forward_train(&ids, student.recompute)
-        .ctx("student forward")?;
-    let h = forward.hidden.dim(2).ctx("student forward")?;
-    let hidden = forward.hidden.reshape((b * s, h)).ctx("student forward")?;
+    let (forward, hidden) = train_forward(student, &ids)?;
     let hd = hidden.detach();
     let w = student.lm_head_var().as_tensor().detach();
     let wt = w.t().ctx("lm_head")?;

@@ -116,11 +116,34 @@ fn target(mode: TailMode, t: f64, s: &Tensor, c: &DeviceChunk, st: &Stats) -> R<
     st.is_tail.where_cond(&tail_lp, &on_k)
 }
 
-/// `p·(log p − lm)`, 0 where p = 0.
-fn p_log_p_over(lp: &Tensor, lm: &Tensor) -> R<Tensor> {
-    let term = (lp.exp()? * (lp - lm)?)?;
-    lp.gt(f32::NEG_INFINITY)?
-        .where_cond(&term, &term.zeros_like()?)
+/// A target over the chunk: `log p`, `p`, and where `p > 0`, each computed once.
+struct Target {
+    lp: Tensor,
+    p: Tensor,
+    /// u8: 1 where `log p > −∞`
+    positive: Tensor,
+}
+
+impl Target {
+    fn new(lp: Tensor) -> R<Self> {
+        Ok(Self {
+            p: lp.exp()?,
+            positive: lp.gt(f32::NEG_INFINITY)?,
+            lp,
+        })
+    }
+
+    /// `p·(log p − lm)`, 0 where p = 0.
+    fn p_log_p_over(&self, lm: &Tensor) -> R<Tensor> {
+        let term = (&self.p * (&self.lp - lm)?)?;
+        self.positive.where_cond(&term, &term.zeros_like()?)
+    }
+
+    /// `−p·log q`, 0 where p = 0.
+    fn xent_terms(&self, lq: &Tensor) -> R<Tensor> {
+        let term = (&self.p * lq)?.neg()?;
+        self.positive.where_cond(&term, &term.zeros_like()?)
+    }
 }
 
 /// `log(e^x + e^y)` elementwise, for `y` finite.
@@ -131,27 +154,25 @@ fn log_add_exp(x: &Tensor, y: &Tensor) -> R<Tensor> {
 }
 
 /// φ(p, q) and h = q·∂φ/∂q of every id (the table of [`crate::distill::objectives`]).
-fn terms(obj: Objective, lambda: f64, lp: &Tensor, lq: &Tensor, q: &Tensor) -> R<(Tensor, Tensor)> {
+fn terms(obj: Objective, lambda: f64, t: &Target, lq: &Tensor, q: &Tensor) -> R<(Tensor, Tensor)> {
     let (ll, l1) = (lambda.ln(), (1.0 - lambda).ln());
+    let lp = &t.lp;
     match obj {
         Objective::Taid | Objective::TaidLinear | Objective::Kl => {
-            Ok((p_log_p_over(lp, lq)?, lp.exp()?.neg()?))
+            Ok((t.p_log_p_over(lq)?, t.p.neg()?))
         }
         Objective::Rkl => {
             let d = (lq - lp)?;
             Ok(((q * &d)?, (q * d.affine(1.0, 1.0)?)?))
         }
-        Objective::Tvd => {
-            let p = lp.exp()?;
-            Ok((
-                (&p - q)?.abs()?.affine(0.5, 0.0)?,
-                (q * (q - &p)?.sign()?)?.affine(0.5, 0.0)?,
-            ))
-        }
+        Objective::Tvd => Ok((
+            (&t.p - q)?.abs()?.affine(0.5, 0.0)?,
+            (q * (q - &t.p)?.sign()?)?.affine(0.5, 0.0)?,
+        )),
         Objective::SkewKl => {
             let lm = log_add_exp(&lp.affine(1.0, ll)?, &lq.affine(1.0, l1)?)?;
             let h = ((lp + lq)? - &lm)?.exp()?.affine(-(1.0 - lambda), 0.0)?;
-            Ok((p_log_p_over(lp, &lm)?, h))
+            Ok((t.p_log_p_over(&lm)?, h))
         }
         Objective::SkewRkl => {
             let lm = log_add_exp(&lq.affine(1.0, ll)?, &lp.affine(1.0, l1)?)?;
@@ -163,7 +184,7 @@ fn terms(obj: Objective, lambda: f64, lp: &Tensor, lq: &Tensor, q: &Tensor) -> R
         Objective::Gjs => {
             let lm = log_add_exp(&lp.affine(1.0, ll)?, &lq.affine(1.0, l1)?)?;
             let q_term = (q * (lq - &lm)?)?.affine(1.0 - lambda, 0.0)?;
-            let phi = (p_log_p_over(lp, &lm)?.affine(lambda, 0.0)? + &q_term)?;
+            let phi = (t.p_log_p_over(&lm)?.affine(lambda, 0.0)? + &q_term)?;
             Ok((phi, q_term))
         }
         Objective::Ce => {
@@ -204,8 +225,9 @@ fn chunk_inner(
     let has_label = as_f32(&c.has_label)?;
     let ce_row = ((&st.lse - s.gather(&c.labels, 1)?)? * &has_label)?;
 
-    let teacher = target(cfg.tail, 1.0, s, c, &st)?;
-    let kl_row = p_log_p_over(&teacher, &lq)?.sum_keepdim(1)?;
+    let teacher = Target::new(target(cfg.tail, 1.0, s, c, &st)?)?;
+    let kl_terms = teacher.p_log_p_over(&lq)?;
+    let kl_row = kl_terms.sum_keepdim(1)?;
 
     let (loss_row, xent_row, grad) = if cfg.objective == Objective::Ce {
         let grad = match grad_scale {
@@ -217,13 +239,19 @@ fn chunk_inner(
         };
         (ce_row.clone(), ce_row.clone(), grad)
     } else {
-        let lp = if cfg.objective.is_taid() {
-            target(cfg.tail, t, s, c, &st)?
+        let (tgt, phi, h) = if cfg.objective.is_taid() {
+            let tgt = Target::new(target(cfg.tail, t, s, c, &st)?)?;
+            let (phi, h) = terms(cfg.objective, cfg.lambda as f64, &tgt, &lq, &q)?;
+            (tgt, phi, h)
+        } else if cfg.objective == Objective::Kl {
+            // φ of forward KL from the completed teacher is the KL's own terms.
+            let h = teacher.p.neg()?;
+            (teacher, kl_terms, h)
         } else {
-            teacher
+            let (phi, h) = terms(cfg.objective, cfg.lambda as f64, &teacher, &lq, &q)?;
+            (teacher, phi, h)
         };
-        let (phi, h) = terms(cfg.objective, cfg.lambda as f64, &lp, &lq, &q)?;
-        let xent_row = xent_terms(&lp, &lq)?.sum_keepdim(1)?;
+        let xent_row = tgt.xent_terms(&lq)?.sum_keepdim(1)?;
         let w = cfg.ce_weight as f64;
         let w_row = has_label.affine(w, 0.0)?;
         let loss_row = (phi.sum_keepdim(1)? + (&w_row * &ce_row)?)?;
@@ -256,11 +284,4 @@ fn chunk_inner(
         _ => None,
     };
     Ok((sums, grad))
-}
-
-/// `−p·log q`, 0 where p = 0.
-fn xent_terms(lp: &Tensor, lq: &Tensor) -> R<Tensor> {
-    let term = (lp.exp()? * lq)?.neg()?;
-    lp.gt(f32::NEG_INFINITY)?
-        .where_cond(&term, &term.zeros_like()?)
 }
