@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb
 
-.PHONY: all setup build test fuzz soak demo replicate lint fmt bench bench-report check-cuda gpu-bundle gpu-check doc clean
+.PHONY: all setup build test fuzz soak demo replicate lint fmt bench bench-venv bench-e2e bench-report check-cuda gpu-bundle gpu-check doc clean
 
 all: build
 
@@ -55,7 +55,7 @@ fmt:
 
 ## bench: every benchmark (short criterion times), the numpy/pyarrow peers, then one table
 ## (also in target/bench-results/table.md). `make bench BENCHES="loader optim"` runs a subset.
-BENCHES ?= topk precompute shard_write storage loader optim objectives memory
+BENCHES ?= topk precompute shard_write storage loader optim objectives memory end_to_end
 BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 bench: setup
@@ -75,11 +75,31 @@ endif
 ifneq ($(filter storage,$(BENCHES)),)
 	$(PYTHON) benches/storage_floor.py
 endif
+ifneq ($(filter end_to_end,$(BENCHES)),)
+	@$(MAKE) --no-print-directory bench-venv
+	$(PYTHON) benches/end_to_end.py --bin $(TARGET_DIR)/release/taidcache --python $(BENCH_VENV)/bin/python \
+		--work $(TARGET_DIR)/bench-e2e --out $(TARGET_DIR)/bench-e2e/end_to_end.json $(E2E_ARGS)
+endif
 ifneq ($(filter loader,$(BENCHES)),)
 	$(PYTHON) benches/peers/loader_pyarrow.py
 	$(PYTHON) benches/data_wait.py
 endif
 	@$(PYTHON) benches/report.py
+
+## bench-venv: PyTorch + transformers for the end-to-end peers (benches/end_to_end.py), in their
+## own virtual environment; only `make bench` installs it, never `make test`
+BENCH_VENV ?= $(TARGET_DIR)/bench-venv
+bench-venv:
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -c "import torch, transformers, pyarrow, numpy" 2>/dev/null || \
+		$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch transformers safetensors pyarrow numpy
+
+## bench-e2e: only the end-to-end rows against PyTorch (E2E_ARGS="--vocab 49152 --rounds 5" to narrow)
+bench-e2e:
+	$(CARGO) build --release --locked
+	@$(MAKE) --no-print-directory bench-venv
+	$(PYTHON) benches/end_to_end.py --bin $(TARGET_DIR)/release/taidcache --python $(BENCH_VENV)/bin/python \
+		--work $(TARGET_DIR)/bench-e2e --out $(TARGET_DIR)/bench-e2e/end_to_end.json $(E2E_ARGS)
 
 ## bench-report: print the table from the results already in target/ (no runs)
 bench-report:

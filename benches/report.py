@@ -214,7 +214,21 @@ def rows():
          lambda: f"{alloc('small'):.3g} MB", alloc_ratio, "≤ 1.10"),
         ("distill peak RSS: 4 GB vs 1 GB cache", lambda: f"{rss(4):.0f} MB",
          lambda: f"{rss(1):.0f} MB", rss_ratio, "< +50 MB"),
+        *e2e_rows(),
     ]
+
+
+def e2e_rows():
+    """benches/end_to_end.py: taidcache / PyTorch + transformers, end to end, same threads."""
+    out = []
+    for work, what, goal in [("precompute", "precompute f32 (30-layer hidden-576 Llama, top-50)", 1.0),
+                             ("distill", "distill step kl (4-layer hidden-256 student, batch 4 × 256)", 1.5)]:
+        for vocab in (49152, 151936):
+            key = f"e2e.{work}.v{vocab}"
+            out.append(rate_vs_peer(f"{what}, V={vocab:,}: taidcache / PyTorch",
+                                    lambda key=key: value(f"{key}.ours_tokens_per_s"),
+                                    lambda key=key: value(f"{key}.peer_tokens_per_s"), "tok", goal=goal))
+    return out
 
 
 def machine():

@@ -46,7 +46,7 @@ def config_json(shape):
         "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": bool(shape.get("tie", False)),
         "bos_token_id": BOS_ID,
         "eos_token_id": EOS_ID,
         "dtype": "float32",
@@ -72,7 +72,9 @@ def tensor_shapes(cfg):
             (p + "mlp.up_proj.weight", (i, h)),
             (p + "mlp.down_proj.weight", (h, i)),
         ]
-    out += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+    out += [("model.norm.weight", (h,))]
+    if not cfg["tie_word_embeddings"]:
+        out += [("lm_head.weight", (v, h))]
     return out
 
 

@@ -65,6 +65,8 @@ def main():
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--time-only", action="store_true",
+                    help="only the timed peer run: no reference arrays (benches/end_to_end.py)")
     args = ap.parse_args()
     device = torch.device(args.device)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -93,7 +95,7 @@ def main():
         batches = [slice(i, min(i + args.batch_size, n)) for i in range(0, n, args.batch_size)]
         parts = {}
         with torch.inference_mode():
-            for b in batches:
+            for b in ([] if args.time_only else batches):
                 ids = ids_all[b].to(device)
                 ours = ours_all[b].to(device)
                 z, lp, vals, top, tail = select(exact, ids, k)
@@ -108,7 +110,8 @@ def main():
                     got["peer_lp_at_ours"] = select(peer, ids, k)[1].gather(-1, ours)
                 for c, t in got.items():
                     parts.setdefault(c, []).append(t.reshape(-1, k).cpu().numpy() if t.dim() == 3 else t.reshape(-1).cpu().numpy())
-            np.savez(os.path.join(args.out_dir, f"ref-{name}.npz"), **{c: np.concatenate(v) for c, v in parts.items()})
+            if parts:
+                np.savez(os.path.join(args.out_dir, f"ref-{name}.npz"), **{c: np.concatenate(v) for c, v in parts.items()})
 
             # The peer: warm-up, then every batch, timed (alone on the device).
             if peer is not exact:

@@ -12,6 +12,7 @@
 //! [`Trainer`] over the [`Loader`]'s batches.
 
 pub mod checkpoint;
+mod cpu_head;
 pub mod device;
 pub mod identity;
 pub mod loader;
@@ -23,6 +24,7 @@ pub mod rundir;
 pub mod schedule;
 pub mod targets;
 pub mod trainer;
+mod vexp;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;

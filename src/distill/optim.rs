@@ -1,9 +1,10 @@
 //! A fused AdamW over flat f32 buffers.
 //!
 //! candle-nn's `AdamW` runs about ten tensor ops per variable and step, each allocating a new
-//! tensor. Here every parameter keeps an f32 master copy and its two moments as plain `Vec<f32>`;
-//! one rayon pass per parameter reads the gradient, updates the moments and the weights in
-//! place, and the result is copied into the candle `Var` once. The update is PyTorch's AdamW
+//! tensor. Here every parameter keeps its two moments as plain `Vec<f32>`; one rayon pass per
+//! parameter reads the gradient, updates the moments and the weights in place. A variable that
+//! is an f32 tensor on the CPU is updated in its own buffer (a candle in-place op, no copy);
+//! any other keeps an f32 master copy on the host, copied into the `Var` once per step. The update is PyTorch's AdamW
 //! (decoupled weight decay, bias-corrected moments), so it matches `candle_nn::AdamW` step for
 //! step (tested).
 //!
@@ -57,6 +58,9 @@ impl Default for AdamWConfig {
 struct Slot {
     name: String,
     var: Var,
+    /// An f32 CPU tensor: updated in its own buffer, without `weights`.
+    in_place: bool,
+    /// The f32 master copy of a variable that is not updated in place (else empty).
     weights: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
@@ -97,12 +101,14 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let weights = with_host_f32(var.as_tensor(), |w| w.to_vec())?;
-                let n = weights.len();
+                let n = var.elem_count();
+                let in_place = var.device().is_cpu() && var.dtype() == DType::F32;
+                let weights = master_copy(&var, in_place)?;
                 Ok(Slot {
                     decay: var.rank() >= 2,
                     name,
                     var,
+                    in_place,
                     weights,
                     m: vec![0.0; n],
                     v: vec![0.0; n],
@@ -150,26 +156,39 @@ impl AdamW {
             } else {
                 1.0
             };
-            let Slot { weights, m, v, .. } = slot;
+            let update = Update {
+                b1,
+                b2,
+                step_size,
+                inv_sqrt_bc2,
+                eps,
+                scale,
+                decay,
+            };
+            let Slot {
+                in_place,
+                weights,
+                m,
+                v,
+                var,
+                name,
+                ..
+            } = slot;
             with_host_f32(grad, |g| {
-                weights
-                    .par_chunks_mut(CHUNK)
-                    .zip(m.par_chunks_mut(CHUNK))
-                    .zip(v.par_chunks_mut(CHUNK))
-                    .zip(g.par_chunks(CHUNK))
-                    .for_each(|(((w, m), v), g)| {
-                        for i in 0..w.len() {
-                            let gi = g[i] * scale;
-                            m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                            w[i] = w[i] * decay
-                                - step_size * m[i] / (v[i].sqrt() * inv_sqrt_bc2 + eps);
-                        }
-                    })
-            })?;
-            let t = Tensor::from_slice(&slot.weights, slot.var.shape(), slot.var.device())
-                .ctx(slot.name.clone())?;
-            slot.var.set(&t).ctx(slot.name.clone())?;
+                if *in_place {
+                    let op = InPlace {
+                        update,
+                        moments: std::sync::Mutex::new((m, v)),
+                        grad: g,
+                    };
+                    var.as_tensor().inplace_op1(&op).ctx(name.clone())
+                } else {
+                    update.apply(weights, m, v, g);
+                    let t =
+                        Tensor::from_slice(weights, var.shape(), var.device()).ctx(name.clone())?;
+                    var.set(&t).ctx(name.clone())
+                }
+            })??;
         }
         Ok(())
     }
@@ -194,8 +213,88 @@ impl AdamW {
         for s in &mut self.slots {
             s.m = with_host_f32(state.moment("m", &s.name, s.var.dims())?, |x| x.to_vec())?;
             s.v = with_host_f32(state.moment("v", &s.name, s.var.dims())?, |x| x.to_vec())?;
-            s.weights = with_host_f32(s.var.as_tensor(), |w| w.to_vec())?;
+            s.weights = master_copy(&s.var, s.in_place)?;
         }
+        Ok(())
+    }
+}
+
+/// The host master copy a variable needs: none (empty) when it is updated in place.
+fn master_copy(var: &Var, in_place: bool) -> Result<Vec<f32>> {
+    if in_place {
+        Ok(Vec::new())
+    } else {
+        with_host_f32(var.as_tensor(), |w| w.to_vec())
+    }
+}
+
+/// One AdamW step's constants: `p ← p·decay − step_size·m/(√v·inv_sqrt_bc2 + eps)` after the
+/// moments take the gradient times `scale`.
+#[derive(Clone, Copy)]
+struct Update {
+    b1: f32,
+    b2: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+    scale: f32,
+    decay: f32,
+}
+
+impl Update {
+    fn apply(self, weights: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        let u = self;
+        let (b1, b2, eps) = (u.b1, u.b2, u.eps);
+        weights
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((w, m), v), g)| {
+                for i in 0..w.len() {
+                    let gi = g[i] * u.scale;
+                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    w[i] =
+                        w[i] * u.decay - u.step_size * m[i] / (v[i].sqrt() * u.inv_sqrt_bc2 + eps);
+                }
+            })
+    }
+}
+
+/// [`Update`] on a CPU variable's own buffer (candle's in-place custom op).
+struct InPlace<'a> {
+    update: Update,
+    /// The moments, borrowed for the op (`cpu_fwd` gets `&self`).
+    moments: std::sync::Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    grad: &'a [f32],
+}
+
+impl candle_core::InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("adamw: the variable is not f32")
+        };
+        let Some((lo, hi)) = layout.contiguous_offsets() else {
+            candle_core::bail!("adamw: the variable is not contiguous")
+        };
+        let mut moments = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adamw: moments poisoned".into()))?;
+        let (m, v) = &mut *moments;
+        if hi - lo != m.len() || m.len() != self.grad.len() {
+            candle_core::bail!("adamw: {} weights for {} moments", hi - lo, m.len())
+        }
+        self.update.apply(&mut data[lo..hi], m, v, self.grad);
         Ok(())
     }
 }

@@ -24,8 +24,43 @@ use num_traits::Float;
 use serde::{Deserialize, Serialize};
 
 /// The floating-point types the loss is computed in: f32 in training, f64 in the gradient tests.
-pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {}
-impl Real for f32 {}
+pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
+    /// `(Σ e, Σ x, Σ e·x, Σ e_c)` over `xs`, `e = exp(x − max)`, `e_c = exp(c·(x − max))` (0
+    /// without `c`): one pass of [`row_stats`] over a run of tail ids.
+    fn exp_sums(xs: &[Self], max: Self, c: Option<Self>) -> [Self; 4] {
+        let mut acc = [Self::zero(); 4];
+        for &x in xs {
+            let e = (x - max).exp();
+            acc[0] = acc[0] + e;
+            acc[1] = acc[1] + x;
+            acc[2] = acc[2] + e * x;
+            if let Some(c) = c {
+                acc[3] = acc[3] + (c * (x - max)).exp();
+            }
+        }
+        acc
+    }
+
+    /// `dst[i] = exp(src[i] − shift) · mul`.
+    fn exp_scaled(src: &[Self], shift: Self, mul: Self, dst: &mut [Self]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = (x - shift).exp() * mul;
+        }
+    }
+}
+
+/// Training: the vocabulary-wide passes in vector code ([`super::vexp`]).
+impl Real for f32 {
+    fn exp_sums(xs: &[f32], max: f32, c: Option<f32>) -> [f32; 4] {
+        super::vexp::sums(xs, max, c)
+    }
+
+    fn exp_scaled(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) {
+        super::vexp::exp_scaled(src, shift, mul, dst)
+    }
+}
+
+/// The gradient tests: libm, element by element.
 impl Real for f64 {}
 
 /// `x` as `T` (exact for the constants used here).
@@ -106,17 +141,7 @@ pub fn row_stats<T: Real>(s: &[T], sorted: &[u32], scale: Option<f64>) -> RowSta
     let (mut tail, mut sum_s, mut sum_es, mut scaled, mut count) = (0f64, 0f64, 0f64, 0f64, 0usize);
     let sc: T = real(scale.unwrap_or(0.0));
     for_each_tail_range(sorted, vocab, |lo, hi| {
-        let (mut e_acc, mut s_acc, mut es_acc, mut sc_acc) =
-            (T::zero(), T::zero(), T::zero(), T::zero());
-        for &x in &s[lo..hi] {
-            let e = (x - max).exp();
-            e_acc = e_acc + e;
-            s_acc = s_acc + x;
-            es_acc = es_acc + e * x;
-            if scale.is_some() {
-                sc_acc = sc_acc + (sc * (x - max)).exp();
-            }
-        }
+        let [e_acc, s_acc, es_acc, sc_acc] = T::exp_sums(&s[lo..hi], max, scale.map(|_| sc));
         tail += e_acc.to_f64().unwrap_or(f64::NAN);
         sum_s += s_acc.to_f64().unwrap_or(f64::NAN);
         sum_es += es_acc.to_f64().unwrap_or(f64::NAN);

@@ -110,6 +110,21 @@ pub fn micro_batch(
     normalizer: usize,
     acc: &mut Option<GradStore>,
 ) -> Result<LossOutput> {
+    if student.model.device().is_cpu() && student.lm_head_var().dtype() == candle_core::DType::F32 {
+        return super::cpu_head::micro_batch(student, data, cfg, normalizer, acc);
+    }
+    micro_batch_candle(student, data, cfg, normalizer, acc)
+}
+
+/// [`micro_batch`] in candle ops (a student on a GPU with the host step path; on the CPU,
+/// [`super::cpu_head`] does the same without them).
+pub(super) fn micro_batch_candle(
+    student: &Student,
+    data: &ShardBatch,
+    cfg: &LossConfig,
+    normalizer: usize,
+    acc: &mut Option<GradStore>,
+) -> Result<LossOutput> {
     let (b, s) = (data.rows(), data.seq_len);
     let device = student.model.device().clone();
     let vocab = student.config.vocab_size;
@@ -149,7 +164,7 @@ pub fn micro_batch(
 }
 
 /// The student's training forward on `ids` `[b, t]`, and its hidden states as `[b·t, hidden]`.
-fn train_forward(student: &Student, ids: &Tensor) -> Result<(TrainForward, Tensor)> {
+pub(super) fn train_forward(student: &Student, ids: &Tensor) -> Result<(TrainForward, Tensor)> {
     let forward = student
         .model
         .forward_train(ids, student.recompute)
@@ -162,7 +177,7 @@ fn train_forward(student: &Student, ids: &Tensor) -> Result<(TrainForward, Tenso
 /// The rest of a micro-batch's backward once the output projection's is done: one backward of
 /// the surrogate `Σ H ⊙ sg(∂loss/∂H)` (`grad_h`: the chunks of `∂loss/∂H` in order), the
 /// projection's own gradient `grad_w` added, and everything accumulated into `acc`.
-fn finish_backward(
+pub(super) fn finish_backward(
     student: &Student,
     forward: TrainForward,
     hidden: &Tensor,
@@ -274,8 +289,46 @@ fn with_sums(mut out: LossOutput, sums: [f64; 4]) -> LossOutput {
 }
 
 /// Positions per chunk of logits at `vocab`: at most [`LOSS_CHUNK_BYTES`] of f32, at least one.
-fn chunk_rows(vocab: usize) -> usize {
+pub(super) fn chunk_rows(vocab: usize) -> usize {
     (LOSS_CHUNK_BYTES / 4 / vocab).max(1)
+}
+
+/// A batch's teacher records as the loss reads them: log-probs in f32, next-token labels.
+pub(super) struct Records<'a> {
+    data: &'a ShardBatch,
+    logprobs: Vec<f32>,
+    labels: Vec<Option<u32>>,
+}
+
+impl<'a> Records<'a> {
+    pub(super) fn new(data: &'a ShardBatch) -> Self {
+        Self {
+            data,
+            logprobs: data.topk_logprobs.iter().map(|x| x.to_f32()).collect(),
+            labels: labels(data),
+        }
+    }
+
+    /// The [`Chunk`] of positions `start .. start + n` with their `logits` `[n, vocab]`.
+    pub(super) fn chunk<'l>(
+        &'l self,
+        logits: &'l [f32],
+        vocab: usize,
+        start: usize,
+        n: usize,
+    ) -> Chunk<'l> {
+        let (d, k) = (self.data, self.data.k);
+        Chunk {
+            logits,
+            vocab,
+            k,
+            ids: &d.topk_ids[start * k..(start + n) * k],
+            logprobs: &self.logprobs[start * k..(start + n) * k],
+            tail: &d.tail_logmass[start..start + n],
+            mask: &d.loss_mask[start..start + n],
+            labels: &self.labels[start..start + n],
+        }
+    }
 }
 
 /// The one loop over a batch's positions in chunks of at most [`LOSS_CHUNK_BYTES`] of logits:
@@ -289,10 +342,8 @@ fn for_each_chunk(
     vocab: usize,
     mut f: impl FnMut(&Tensor, Chunk<'_>) -> Result<()>,
 ) -> Result<()> {
-    let k = data.k;
     let positions = data.rows() * data.seq_len;
-    let logprobs: Vec<f32> = data.topk_logprobs.iter().map(|x| x.to_f32()).collect();
-    let labels = labels(data);
+    let records = Records::new(data);
     let wt = w.t().ctx("lm_head")?;
     let rows = chunk_rows(vocab);
     let mut start = 0;
@@ -300,21 +351,7 @@ fn for_each_chunk(
         let n = rows.min(positions - start);
         let hc = hidden.narrow(0, start, n).ctx("loss chunk")?;
         let logits = hc.matmul(&wt).ctx("lm_head")?;
-        with_host_f32(&logits, |l| {
-            f(
-                &hc,
-                Chunk {
-                    logits: l,
-                    vocab,
-                    k,
-                    ids: &data.topk_ids[start * k..(start + n) * k],
-                    logprobs: &logprobs[start * k..(start + n) * k],
-                    tail: &data.tail_logmass[start..start + n],
-                    mask: &data.loss_mask[start..start + n],
-                    labels: &labels[start..start + n],
-                },
-            )
-        })??;
+        with_host_f32(&logits, |l| f(&hc, records.chunk(l, vocab, start, n)))??;
         start += n;
     }
     Ok(())

@@ -345,9 +345,7 @@ fn position<T: Real>(
             match label {
                 Some(y) => {
                     let lt: T = T::from(l).unwrap_or(T::nan());
-                    for (gy, &sy) in g.iter_mut().zip(s) {
-                        *gy = (sy - lt).exp();
-                    }
+                    T::exp_scaled(s, lt, T::one(), g);
                     g[y as usize] = g[y as usize] - T::one();
                 }
                 None => g.fill(T::zero()),
@@ -463,9 +461,7 @@ fn forward_kl_grad<T: Real>(
         T::from(coef).unwrap_or(T::nan()),
     );
     for_each_tail_range(sorted, s.len(), |lo, hi| {
-        for (gy, &sy) in g[lo..hi].iter_mut().zip(&s[lo..hi]) {
-            *gy = (sy - lt).exp() * ct;
-        }
+        T::exp_scaled(&s[lo..hi], lt, ct, &mut g[lo..hi]);
     });
     for (&id, &lp) in rec.ids.iter().zip(on_k) {
         let q = (f(s[id as usize]) - l).exp();

@@ -1,0 +1,298 @@
+//! The output projection of a CPU student, forward and backward, as three matrix products into
+//! buffers that live as long as the thread.
+//!
+//! On the CPU the logits, the loss gradient and the projection's gradients are host memory
+//! already, so [`micro_batch`] runs them as `gemm` calls on the tensors' own buffers instead of
+//! candle ops. Per chunk `c` of positions, with `H_c` `[n, hidden]`, `W` `[vocab, hidden]` and
+//! `s` the loss's `1 / normalizer`:
+//!
+//! - `logits_c = H_c · Wᵀ` into a kept `[n, vocab]` buffer;
+//! - `G_c = ∂loss/∂logits_c` from [`objectives::loss_and_grad`] into a second kept buffer;
+//! - `∂loss/∂H_c = s · G_c · W` into its rows of a `[positions, hidden]` buffer;
+//! - `∂loss/∂W += s · G_cᵀ · H_c`, accumulated in place by `gemm` (no per-chunk tensor, no add).
+//!
+//! Nothing of `[n, vocab]` is allocated per step, so the step takes no page faults for it (glibc
+//! returns blocks above its 32 MiB mmap threshold to the kernel on free, and a fresh one faults
+//! in page by page), and the scale `s` rides on the products instead of a pass over `G_c`. The
+//! candle path ([`super::trainer`]'s) remains for other devices; both give the same gradients
+//! (tested in `device::tests`).
+
+use std::cell::RefCell;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
+
+use super::objectives::{self, LossConfig, LossOutput};
+use super::trainer::{chunk_rows, finish_backward, train_forward, Records};
+use crate::cache::ShardBatch;
+use crate::error::{CandleContext, Error, Result};
+use crate::model::train::Student;
+
+thread_local! {
+    /// `[n, vocab]` logits and their gradient, grown to the largest chunk seen.
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// [`super::trainer::micro_batch`] for a student on the CPU: the same loss sums, and the same
+/// gradients added into `acc`.
+pub fn micro_batch(
+    student: &Student,
+    data: &ShardBatch,
+    cfg: &LossConfig,
+    normalizer: usize,
+    acc: &mut Option<GradStore>,
+) -> Result<LossOutput> {
+    let rows = chunk_rows(student.config.vocab_size);
+    in_chunks(student, data, cfg, normalizer, acc, rows)
+}
+
+/// [`micro_batch`] with chunks of `rows` positions.
+fn in_chunks(
+    student: &Student,
+    data: &ShardBatch,
+    cfg: &LossConfig,
+    normalizer: usize,
+    acc: &mut Option<GradStore>,
+    rows: usize,
+) -> Result<LossOutput> {
+    let (b, s) = (data.rows(), data.seq_len);
+    let vocab = student.config.vocab_size;
+    let ids = Tensor::from_slice(&data.input_ids, (b, s), &Device::Cpu).ctx("student input")?;
+    let (forward, hidden) = train_forward(student, &ids)?;
+    let hd = hidden.detach().contiguous().ctx("lm_head")?;
+    let w = student
+        .lm_head_var()
+        .as_tensor()
+        .detach()
+        .contiguous()
+        .ctx("lm_head")?;
+    let width = w.dim(1).ctx("lm_head")?;
+    let positions = b * s;
+    let scale = 1.0 / normalizer.max(1) as f32;
+    let records = Records::new(data);
+    let rows = rows.clamp(1, positions.max(1));
+    let mut grad_h = vec![0f32; positions * width];
+    let mut grad_w = vec![0f32; vocab * width];
+    let mut out = LossOutput::default();
+    with_slice(&hd, |h| {
+        with_slice(&w, |w| {
+            BUFFERS.with_borrow_mut(|(logits, grad)| {
+                logits.resize(rows * vocab, 0.0);
+                grad.resize(rows * vocab, 0.0);
+                let mut start = 0;
+                while start < positions {
+                    let n = rows.min(positions - start);
+                    let hc = &h[start * width..(start + n) * width];
+                    let (l, g) = (&mut logits[..n * vocab], &mut grad[..n * vocab]);
+                    // logits_c [n, vocab] = H_c [n, width] · Wᵀ [width, vocab]
+                    product(
+                        n,
+                        vocab,
+                        width,
+                        l,
+                        false,
+                        hc,
+                        (1, width),
+                        w,
+                        (width, 1),
+                        1.0,
+                    );
+                    super::device::traffic::count_to_host(l.len() * 4);
+                    out += objectives::loss_and_grad(cfg, &records.chunk(l, vocab, start, n), g);
+                    // ∂loss/∂H_c [n, width] = s · G_c [n, vocab] · W [vocab, width]
+                    let gh = &mut grad_h[start * width..(start + n) * width];
+                    product(
+                        n,
+                        width,
+                        vocab,
+                        gh,
+                        false,
+                        g,
+                        (1, vocab),
+                        w,
+                        (1, width),
+                        scale,
+                    );
+                    // ∂loss/∂W [vocab, width] += s · G_cᵀ [vocab, n] · H_c [n, width]
+                    let first = start == 0;
+                    product(
+                        vocab,
+                        width,
+                        n,
+                        &mut grad_w,
+                        !first,
+                        g,
+                        (vocab, 1),
+                        hc,
+                        (1, width),
+                        scale,
+                    );
+                    start += n;
+                }
+            })
+        })
+    })??;
+    let grad_h =
+        Tensor::from_vec(grad_h, (positions, width), &Device::Cpu).ctx("lm_head backward")?;
+    let grad_w = Tensor::from_vec(grad_w, (vocab, width), &Device::Cpu).ctx("lm_head backward")?;
+    finish_backward(student, forward, &hidden, vec![grad_h], Some(grad_w), acc)?;
+    Ok(out)
+}
+
+/// `dst [m, n] (+)= beta · lhs [m, k] · rhs [k, n]`, every matrix given by its buffer and its
+/// (column, row) strides in elements; `dst` is row-major and is read only when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    beta: f32,
+) {
+    let last = |(cs, rs): (usize, usize), rows: usize, cols: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    assert!(
+        m == 0 || k == 0 || last(lhs_strides, m, k) < lhs.len(),
+        "gemm lhs too small"
+    );
+    assert!(
+        k == 0 || n == 0 || last(rhs_strides, k, n) < rhs.len(),
+        "gemm rhs too small"
+    );
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertions above keep every element gemm reads or writes inside its slice
+    // (the largest offset of each operand is below its length), and `dst` does not alias the
+    // operands (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides.0 as isize,
+            lhs_strides.1 as isize,
+            rhs.as_ptr(),
+            rhs_strides.0 as isize,
+            rhs_strides.1 as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Run `f` on the f32 buffer of a contiguous f32 tensor on the CPU.
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Internal(
+            "the CPU output projection got a device tensor".into(),
+        ));
+    };
+    let data = cpu.as_slice::<f32>().ctx("lm_head")?;
+    let (lo, hi) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Internal("lm_head operand is not contiguous".into()))?;
+    Ok(f(&data[lo..hi]))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::backprop::GradStore;
+    use candle_core::Device;
+
+    use super::*;
+    use crate::distill::objectives::Objective;
+    use crate::distill::targets::TailMode;
+    use crate::distill::trainer::{count_positions, micro_batch_candle};
+    use crate::model::config::Architecture;
+    use crate::model::init::TinySpec;
+
+    fn grads(student: &Student, store: &GradStore) -> Vec<(String, Vec<f32>)> {
+        student
+            .params
+            .iter()
+            .map(|(n, v)| {
+                let g = store
+                    .get(v.as_tensor())
+                    .expect("a gradient for every parameter");
+                (n.clone(), g.flatten_all().unwrap().to_vec1().unwrap())
+            })
+            .collect()
+    }
+
+    /// The gemm path, in chunks of 5 positions (7 chunks, the last partial, so ∂loss/∂W is
+    /// accumulated in place), against the candle ops of the host path: the same loss sums and
+    /// every gradient within 1e-5 of its largest element, tied and untied, for three objectives.
+    #[test]
+    fn the_cpu_output_projection_equals_the_candle_path() {
+        for tied in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut spec = TinySpec::new(Architecture::Llama, 256);
+            spec.tie_word_embeddings = tied;
+            spec.write_config(dir.path()).unwrap();
+            let student = Student::from_dir(dir.path(), 7, &Device::Cpu).unwrap();
+            let mut data = crate::testing::llm_like_batch(2, 16, 8, 256, 5);
+            data.loss_mask[9] = false;
+            for (objective, tail) in [
+                (Objective::Kl, TailMode::Student),
+                (Objective::Taid, TailMode::Uniform),
+                (Objective::Ce, TailMode::Student),
+            ] {
+                let cfg = LossConfig {
+                    objective,
+                    tail,
+                    t: 0.4,
+                    lambda: 0.1,
+                    ce_weight: 0.3,
+                };
+                let normalizer = count_positions(&data, objective);
+                let (mut a, mut b) = (None, None);
+                let x = in_chunks(&student, &data, &cfg, normalizer, &mut a, 5).unwrap();
+                let y = micro_batch_candle(&student, &data, &cfg, normalizer, &mut b).unwrap();
+                let what = format!("tied {tied}, {objective:?} {tail:?}");
+                for (p, q) in [
+                    (x.loss_sum, y.loss_sum),
+                    (x.kl_sum, y.kl_sum),
+                    (x.ce_sum, y.ce_sum),
+                    (x.target_xent_sum, y.target_xent_sum),
+                ] {
+                    assert!(
+                        (p - q).abs() <= 1e-6 * q.abs().max(1.0),
+                        "{what}: {p} vs {q}"
+                    );
+                }
+                assert_eq!((x.positions, x.ce_positions), (y.positions, y.ce_positions));
+                let (ga, gb) = (grads(&student, &a.unwrap()), grads(&student, &b.unwrap()));
+                for ((name, p), (_, q)) in ga.iter().zip(&gb) {
+                    let scale = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let worst = p.iter().zip(q).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+                    assert!(scale > 0.0, "{what}: {name} has a zero gradient");
+                    assert!(
+                        worst <= 1e-5 * scale,
+                        "{what}: {name} differs by {worst} (max {scale})"
+                    );
+                }
+            }
+        }
+    }
+}
