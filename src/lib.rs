@@ -32,6 +32,7 @@ pub mod precompute;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testing;
+pub(crate) mod vexp;
 
 pub use error::{Error, Result};
 

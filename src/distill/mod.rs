@@ -24,7 +24,6 @@ pub mod rundir;
 pub mod schedule;
 pub mod targets;
 pub mod trainer;
-mod vexp;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;

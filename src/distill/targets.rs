@@ -49,14 +49,14 @@ pub trait Real: Float + Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Training: the vocabulary-wide passes in vector code ([`super::vexp`]).
+/// Training: the vocabulary-wide passes in vector code ([`crate::vexp`]).
 impl Real for f32 {
     fn exp_sums(xs: &[f32], max: f32, c: Option<f32>) -> [f32; 4] {
-        super::vexp::sums(xs, max, c)
+        crate::vexp::sums(xs, max, c)
     }
 
     fn exp_scaled(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) {
-        super::vexp::exp_scaled(src, shift, mul, dst)
+        crate::vexp::exp_scaled(src, shift, mul, dst)
     }
 }
 

@@ -193,7 +193,21 @@ fn blocked_attention(
             .reshape((b, nkv, n_rep * n, hd))?;
         let kb = k.narrow(2, lo, tk)?.contiguous()?;
         let vb = v.narrow(2, lo, tk)?.contiguous()?;
-        let scores = (qb.matmul(&kb.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
+        let raw = qb.matmul(&kb.t()?)?;
+        if super::cpu_ops::applies(&raw) {
+            let probs = super::cpu_ops::masked_softmax(
+                &raw,
+                1.0 / (hd as f64).sqrt(),
+                start,
+                n,
+                lo,
+                window,
+            )?;
+            outs.push(probs.matmul(&vb)?.reshape((b, nh, n, hd))?);
+            start = end;
+            continue;
+        }
+        let scores = (raw / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
         let mask: Vec<f32> = (start..end)
             .flat_map(|i| {
                 (lo..end).map(move |j| {
@@ -270,7 +284,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> CResult<Tensor> {
         let (gate, up) = match &self.gate_up {
             GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
             GateUp::Fused(gu) => {
@@ -281,6 +295,9 @@ impl Mlp {
                 )
             }
         };
+        if mode == Mode::Infer && super::cpu_ops::applies(&gate) {
+            return self.down.forward(&super::cpu_ops::silu_mul(&gate, &up)?);
+        }
         self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
@@ -299,7 +316,7 @@ impl Layer {
             .attn
             .forward(&norm(&self.input_norm, x, mode)?, rope, mode)?;
         let x1 = (x + a)?;
-        let m = self.mlp.forward(&norm(&self.post_norm, &x1, mode)?)?;
+        let m = self.mlp.forward(&norm(&self.post_norm, &x1, mode)?, mode)?;
         x1 + m
     }
 }

@@ -5,6 +5,7 @@
 //! Knows nothing of corpora or caches.
 
 pub mod config;
+mod cpu_ops;
 pub mod decoder;
 pub mod device;
 pub mod init;

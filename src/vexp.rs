@@ -7,6 +7,9 @@
 //! (2⁻¹²⁵) up, 0 below it, +∞ above it, NaN kept. It is branch-free, so the
 //! loops below vectorize; each has one copy per instruction set (`#[target_feature]`) chosen at
 //! run time, as the top-k kernels are, and a portable copy elsewhere.
+//!
+//! The same exponential serves the teacher's forward on the CPU: the attention softmax and the
+//! MLP's `silu(gate) · up` ([`crate::model::cpu_ops`]).
 
 /// Below this `exp` is 0 (results under 2⁻¹²⁵, which the exponent construction below cannot
 /// build; normal f32 go down to 2⁻¹²⁶).
@@ -48,6 +51,8 @@ pub fn exp(x: f32) -> f32 {
 
 /// Elements whose exponentials are computed (in vector code) before they are added.
 const BLOCK: usize = 256;
+/// Independent accumulators of a reduction whose order is free (one AVX-512 register of f32).
+const LANES: usize = 16;
 
 /// `(Σ e, Σ x, Σ e·x, Σ e_c)` over `xs`, with `e = exp(x − max)` and `e_c = exp(c·(x − max))`
 /// (`c`: 0 skips the last sum). The exponentials of a block are computed at once; the sums then
@@ -86,74 +91,137 @@ fn scaled_body(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    #[target_feature(enable = "avx512f,avx512dq,fma")]
-    pub fn sums_avx512(xs: &[f32], max: f32, c: f32) -> [f32; 4] {
-        super::sums_body(xs, max, c)
+/// `out = softmax(scale · xs)`.
+#[inline(always)]
+fn softmax_body(xs: &[f32], scale: f32, out: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    for (j, &x) in chunks.remainder().iter().enumerate() {
+        lanes[j] = lanes[j].max(x);
     }
+    for ch in chunks {
+        for j in 0..LANES {
+            lanes[j] = lanes[j].max(ch[j]);
+        }
+    }
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sums = [0f32; LANES];
+    let mut outs = out.chunks_exact_mut(LANES);
+    let mut ins = xs.chunks_exact(LANES);
+    for (o, x) in (&mut outs).zip(&mut ins) {
+        for j in 0..LANES {
+            o[j] = exp(scale * (x[j] - max));
+            sums[j] += o[j];
+        }
+    }
+    for (j, (o, &x)) in outs
+        .into_remainder()
+        .iter_mut()
+        .zip(ins.remainder())
+        .enumerate()
+    {
+        *o = exp(scale * (x - max));
+        sums[j] += *o;
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
 
-    #[target_feature(enable = "avx2,fma")]
-    pub fn sums_avx2(xs: &[f32], max: f32, c: f32) -> [f32; 4] {
-        super::sums_body(xs, max, c)
+/// `out = silu(gate) · up`, with `silu(g) = g / (1 + e^−g)`.
+#[inline(always)]
+fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp(-g)) * u;
     }
+}
 
-    #[target_feature(enable = "avx512f,avx512dq,fma")]
-    pub fn scaled_avx512(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) {
-        super::scaled_body(src, shift, mul, dst)
-    }
+/// One public function per kernel: a copy of `$body` compiled for AVX-512 and one for AVX2 on
+/// x86-64, chosen at run time, else the portable one.
+macro_rules! kernel {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:ident;) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512dq,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
 
-    #[target_feature(enable = "avx2,fma")]
-    pub fn scaled_avx2(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) {
-        super::scaled_body(src, shift, mul, dst)
-    }
+kernel! {
+    /// `(Σ e, Σ x, Σ e·x, Σ e_c)` over `xs` with `e = exp(x − max)`, `e_c = exp(c·(x − max))`;
+    /// the last is 0 when `c` is 0.
+    pub fn sums_with(xs: &[f32], max: f32, c: f32) -> [f32; 4] = sums_body;
+}
+
+kernel! {
+    /// `dst[i] = exp(src[i] − shift) · mul` (`dst` and `src` of one length).
+    pub fn exp_scaled_unchecked(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) = scaled_body;
+}
+
+kernel! {
+    /// `out = softmax(scale · xs)` (`out` and `xs` of one length).
+    pub fn softmax_unchecked(xs: &[f32], scale: f32, out: &mut [f32]) = softmax_body;
+}
+
+kernel! {
+    /// `out = silu(gate) · up` (all three of one length).
+    pub fn silu_mul_unchecked(gate: &[f32], up: &[f32], out: &mut [f32]) = silu_mul_body;
 }
 
 /// `(Σ e, Σ x, Σ e·x, Σ e_c)` over `xs` with `e = exp(x − max)`, `e_c = exp(c·(x − max))`; the
 /// last is 0 when `c` is `None`.
 pub fn sums(xs: &[f32], max: f32, c: Option<f32>) -> [f32; 4] {
-    let c = c.unwrap_or(0.0);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { x86::sums_avx512(xs, max, c) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { x86::sums_avx2(xs, max, c) };
-        }
-    }
-    sums_body(xs, max, c)
+    sums_with(xs, max, c.unwrap_or(0.0))
 }
 
-/// `dst[i] = exp(src[i] − shift) · mul` (`dst` and `src` of one length).
+/// `dst[i] = exp(src[i] − shift) · mul`.
 pub fn exp_scaled(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) {
     assert_eq!(
         src.len(),
         dst.len(),
         "exp_scaled over slices of two lengths"
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { x86::scaled_avx512(src, shift, mul, dst) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { x86::scaled_avx2(src, shift, mul, dst) };
-        }
-    }
-    scaled_body(src, shift, mul, dst)
+    exp_scaled_unchecked(src, shift, mul, dst)
+}
+
+/// `out = softmax(scale · xs)`.
+pub fn softmax(xs: &[f32], scale: f32, out: &mut [f32]) {
+    assert_eq!(xs.len(), out.len(), "softmax over slices of two lengths");
+    softmax_unchecked(xs, scale, out)
+}
+
+/// `out = silu(gate) · up`.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(
+        gate.len() == up.len() && up.len() == out.len(),
+        "silu_mul over slices of two lengths"
+    );
+    silu_mul_unchecked(gate, up, out)
 }
 
 #[cfg(test)]
@@ -234,5 +302,41 @@ mod tests {
             })
             .fold(0f64, f64::max);
         assert!(worst < 1e-6, "relative error {worst}");
+    }
+
+    /// softmax and silu·up against f64 references on rows with a remainder past 16 lanes.
+    #[test]
+    fn softmax_and_silu_mul_equal_f64_references() {
+        for n in [1usize, 15, 16, 37, 1000] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 113) as f32 * 0.37 - 20.0)
+                .collect();
+            let mut out = vec![0f32; n];
+            softmax(&xs, 0.7, &mut out);
+            let m = xs.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let z: f64 = xs.iter().map(|&x| (0.7 * (x as f64 - m)).exp()).sum();
+            for (&x, &o) in xs.iter().zip(&out) {
+                // f32 rounds the argument a = 0.7·(x − max) to ~6e-8·|a|, which e^a turns
+                // into a relative error of that size.
+                let a = 0.7 * (x as f64 - m);
+                let want = a.exp() / z;
+                let tol = 1e-7 * (4.0 + a.abs()) * want;
+                assert!((o as f64 - want).abs() <= tol, "n {n}: {o} vs {want}");
+            }
+            let up: Vec<f32> = xs.iter().map(|x| 0.5 - x * 0.01).collect();
+            silu_mul(&xs, &up, &mut out);
+            for ((&g, &u), &o) in xs.iter().zip(&up).zip(&out) {
+                let (g, u) = (g as f64, u as f64);
+                let want = g / (1.0 + (-g).exp()) * u;
+                assert!(
+                    (o as f64 - want).abs() <= 1e-6 * want.abs() + 1e-37,
+                    "{o} vs {want}"
+                );
+            }
+        }
+        let mut out = [0f32; 3];
+        silu_mul(&[-200.0, 200.0, f32::NAN], &[1.0, 1.0, 1.0], &mut out);
+        assert_eq!(&out[..2], &[-0.0, 200.0]);
+        assert!(out[2].is_nan());
     }
 }
