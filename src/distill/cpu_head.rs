@@ -15,7 +15,7 @@
 //! returns blocks above its 32 MiB mmap threshold to the kernel on free, and a fresh one faults
 //! in page by page), and the scale `s` rides on the products instead of a pass over `G_c`. The
 //! candle path ([`super::trainer`]'s) remains for other devices; both give the same gradients
-//! (tested in `device::tests`).
+//! (tested below).
 
 use std::cell::RefCell;
 
@@ -97,6 +97,8 @@ fn in_chunks(
                         (width, 1),
                         1.0,
                     );
+                    // The host step path reads every logit on the host (what the traffic
+                    // counters of `device::traffic` compare the device path with).
                     super::device::traffic::count_to_host(l.len() * 4);
                     out += objectives::loss_and_grad(cfg, &records.chunk(l, vocab, start, n), g);
                     // ∂loss/∂H_c [n, width] = s · G_c [n, vocab] · W [vocab, width]
