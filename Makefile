@@ -2,7 +2,7 @@
 
 PYTHON ?= python3
 CARGO ?= cargo
-PY_DEPS := pyarrow jsonschema numpy duckdb
+PY_DEPS := pyarrow jsonschema numpy duckdb gguf
 
 .PHONY: all setup build test fuzz soak demo replicate lint fmt bench bench-venv bench-e2e bench-report check-cuda gpu-bundle gpu-check doc clean
 
@@ -10,7 +10,7 @@ all: build
 
 ## setup: install the Python packages the test suite reads shards with (pyarrow, jsonschema, numpy)
 setup:
-	@$(PYTHON) -c "import pyarrow, jsonschema, numpy, duckdb" 2>/dev/null || \
+	@$(PYTHON) -c "import pyarrow, jsonschema, numpy, duckdb, gguf" 2>/dev/null || \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check $(PY_DEPS)
 
 ## build: the taidcache binary (release)

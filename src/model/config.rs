@@ -61,6 +61,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Each frequency divided by its own factor, `[head_dim / 2]`: how a GGUF file stores
+    /// Llama-3 scaling (its `rope_freqs.weight` tensor; llama.cpp's `freq_factors`).
+    Factors(Vec<f64>),
 }
 
 /// The normalized model configuration.
@@ -273,6 +276,9 @@ impl ModelConfig {
         let scaled: Vec<f64> = match self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Factors(ref factors) => {
+                base.iter().zip(factors).map(|(f, d)| f / d).collect()
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,

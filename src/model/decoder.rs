@@ -6,6 +6,7 @@
 //! differentiable ops (`rms_norm` via `forward_diff`, `rope_slow`, `ops::softmax`).
 
 use candle_core::backprop::GradStore;
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 
@@ -29,27 +30,139 @@ fn norm(n: &RmsNorm, x: &Tensor, mode: Mode) -> CResult<Tensor> {
     }
 }
 
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> CResult<Linear> {
-    if bias {
-        candle_nn::linear_b(in_dim, out_dim, true, vb)
-    } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)
+/// A linear layer whose weight is dense (safetensors, or an F32/F16/BF16 GGUF tensor) or
+/// quantized (a GGUF block type, multiplied by candle's `QMatMul`). Quantized products take f32
+/// activations: the input is cast to f32 and the output back to the input's dtype.
+pub enum Proj {
+    Dense(Linear),
+    Quant { w: QMatMul, bias: Option<Tensor> },
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        match self {
+            Self::Dense(l) => l.forward(x),
+            Self::Quant { w, bias } => {
+                let dtype = x.dtype();
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let y = if x.device().is_cpu() {
+                    quant_rows_parallel(w, &x)?
+                } else {
+                    w.forward(&x)?
+                };
+                let y = match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                y.to_dtype(dtype)
+            }
+        }
+    }
+
+    /// The dense weight `[out, in]`; `None` when quantized.
+    fn weight(&self) -> Option<&Tensor> {
+        match self {
+            Self::Dense(l) => Some(l.weight()),
+            Self::Quant { .. } => None,
+        }
+    }
+}
+
+/// A quantized product on the CPU, its rows split over the rayon pool: candle runs it on
+/// `CANDLE_NUM_THREADS` threads, which taidcache sets to one (`single_threaded_candle_ops`).
+/// Each part quantizes its own activation rows and reads the whole weight.
+fn quant_rows_parallel(w: &QMatMul, x: &Tensor) -> CResult<Tensor> {
+    use rayon::prelude::*;
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let m = x.elem_count() / k.max(1);
+    let parts = rayon::current_num_threads().min(m.div_ceil(16)).max(1);
+    if parts == 1 {
+        return w.forward(x);
+    }
+    let x2 = x.reshape((m, k))?;
+    let rows = m.div_ceil(parts);
+    let outs = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let start = p * rows;
+            let n = rows.min(m - start.min(m));
+            w.forward(&x2.narrow(0, start, n)?)
+        })
+        .collect::<CResult<Vec<_>>>()?;
+    let y = Tensor::cat(&outs, 0)?;
+    let mut out_dims = dims;
+    let last = out_dims.len() - 1;
+    out_dims[last] = y.dim(1)?;
+    y.reshape(out_dims)
+}
+
+/// Where a decoder's parameters come from, addressed by their Hugging Face names: a
+/// `VarBuilder` (safetensors, fresh students) or a GGUF file's tensors (`super::gguf`).
+pub trait Params: Sized {
+    /// The same source under `prefix.name`.
+    fn pp(&self, name: impl ToString) -> Self;
+    /// A linear layer `in_dim → out_dim` at this prefix (`weight`, and `bias` when asked).
+    fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> CResult<Proj>;
+    fn rms_norm(&self, dim: usize, eps: f64) -> CResult<RmsNorm>;
+    fn embedding(&self, vocab: usize, hidden: usize) -> CResult<Embedding>;
+    /// The output projection at the root: `lm_head`, or the embedding when tied.
+    fn lm_head(&self, cfg: &ModelConfig, embed: &Embedding) -> CResult<Proj>;
+    fn dtype(&self) -> DType;
+    fn device(&self) -> &Device;
+}
+
+impl Params for VarBuilder<'_> {
+    fn pp(&self, name: impl ToString) -> Self {
+        VarBuilder::pp(self, name)
+    }
+
+    fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> CResult<Proj> {
+        Ok(Proj::Dense(if bias {
+            candle_nn::linear_b(in_dim, out_dim, true, self.clone())?
+        } else {
+            candle_nn::linear_no_bias(in_dim, out_dim, self.clone())?
+        }))
+    }
+
+    fn rms_norm(&self, dim: usize, eps: f64) -> CResult<RmsNorm> {
+        candle_nn::rms_norm(dim, eps, self.clone())
+    }
+
+    fn embedding(&self, vocab: usize, hidden: usize) -> CResult<Embedding> {
+        candle_nn::embedding(vocab, hidden, self.clone())
+    }
+
+    fn lm_head(&self, cfg: &ModelConfig, embed: &Embedding) -> CResult<Proj> {
+        Ok(Proj::Dense(if cfg.tie_word_embeddings {
+            Linear::new(embed.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, self.pp("lm_head"))?
+        }))
+    }
+
+    fn dtype(&self) -> DType {
+        VarBuilder::dtype(self)
+    }
+
+    fn device(&self) -> &Device {
+        VarBuilder::device(self)
     }
 }
 
 enum Qkv {
-    Separate { q: Linear, k: Linear, v: Linear },
-    Fused(Linear),
+    Separate { q: Proj, k: Proj, v: Proj },
+    Fused(Proj),
 }
 
 enum GateUp {
-    Separate { gate: Linear, up: Linear },
-    Fused(Linear),
+    Separate { gate: Proj, up: Proj },
+    Fused(Proj),
 }
 
 struct Attention {
     qkv: Qkv,
-    o: Linear,
+    o: Proj,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
     heads: usize,
@@ -59,40 +172,32 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &ModelConfig, window: Option<usize>, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &ModelConfig, window: Option<usize>, vb: impl Params) -> CResult<Self> {
         let h = cfg.hidden_size;
         let (q_dim, kv_dim) = (
             cfg.num_attention_heads * cfg.head_dim,
             cfg.num_key_value_heads * cfg.head_dim,
         );
         let qkv = if cfg.architecture == Architecture::Phi3 {
-            Qkv::Fused(linear(h, q_dim + 2 * kv_dim, false, vb.pp("qkv_proj"))?)
+            Qkv::Fused(vb.pp("qkv_proj").linear(h, q_dim + 2 * kv_dim, false)?)
         } else {
             Qkv::Separate {
-                q: linear(h, q_dim, cfg.qkv_bias, vb.pp("q_proj"))?,
-                k: linear(h, kv_dim, cfg.qkv_bias, vb.pp("k_proj"))?,
-                v: linear(h, kv_dim, cfg.qkv_bias, vb.pp("v_proj"))?,
+                q: vb.pp("q_proj").linear(h, q_dim, cfg.qkv_bias)?,
+                k: vb.pp("k_proj").linear(h, kv_dim, cfg.qkv_bias)?,
+                v: vb.pp("v_proj").linear(h, kv_dim, cfg.qkv_bias)?,
             }
         };
         let (q_norm, k_norm) = if cfg.architecture == Architecture::Qwen3 {
             (
-                Some(candle_nn::rms_norm(
-                    cfg.head_dim,
-                    cfg.rms_norm_eps,
-                    vb.pp("q_norm"),
-                )?),
-                Some(candle_nn::rms_norm(
-                    cfg.head_dim,
-                    cfg.rms_norm_eps,
-                    vb.pp("k_norm"),
-                )?),
+                Some(vb.pp("q_norm").rms_norm(cfg.head_dim, cfg.rms_norm_eps)?),
+                Some(vb.pp("k_norm").rms_norm(cfg.head_dim, cfg.rms_norm_eps)?),
             )
         } else {
             (None, None)
         };
         Ok(Self {
             qkv,
-            o: linear(q_dim, h, cfg.o_bias, vb.pp("o_proj"))?,
+            o: vb.pp("o_proj").linear(q_dim, h, cfg.o_bias)?,
             q_norm,
             k_norm,
             heads: cfg.num_attention_heads,
@@ -262,24 +367,24 @@ fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> CResult<Tens
 
 struct Mlp {
     gate_up: GateUp,
-    down: Linear,
+    down: Proj,
     intermediate: usize,
 }
 
 impl Mlp {
-    fn new(cfg: &ModelConfig, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &ModelConfig, vb: impl Params) -> CResult<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let gate_up = if cfg.architecture == Architecture::Phi3 {
-            GateUp::Fused(linear(h, 2 * i, false, vb.pp("gate_up_proj"))?)
+            GateUp::Fused(vb.pp("gate_up_proj").linear(h, 2 * i, false)?)
         } else {
             GateUp::Separate {
-                gate: linear(h, i, cfg.mlp_bias, vb.pp("gate_proj"))?,
-                up: linear(h, i, cfg.mlp_bias, vb.pp("up_proj"))?,
+                gate: vb.pp("gate_proj").linear(h, i, cfg.mlp_bias)?,
+                up: vb.pp("up_proj").linear(h, i, cfg.mlp_bias)?,
             }
         };
         Ok(Self {
             gate_up,
-            down: linear(i, h, cfg.mlp_bias, vb.pp("down_proj"))?,
+            down: vb.pp("down_proj").linear(i, h, cfg.mlp_bias)?,
             intermediate: i,
         })
     }
@@ -372,7 +477,7 @@ pub struct Decoder {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     inv_freq: Vec<f32>,
     dtype: DType,
     device: Device,
@@ -381,30 +486,29 @@ pub struct Decoder {
 impl Decoder {
     /// Build from a `VarBuilder` whose paths are the Hugging Face tensor names.
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> CResult<Self> {
+        Self::build(cfg, vb)
+    }
+
+    /// Build from any parameter source addressed by the Hugging Face tensor names.
+    pub fn build(cfg: &ModelConfig, vb: impl Params) -> CResult<Self> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let m = vb.pp("model");
-        let embed = candle_nn::embedding(v, h, m.pp("embed_tokens"))?;
+        let embed = m.pp("embed_tokens").embedding(v, h)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = m.pp("layers").pp(i);
                 Ok(Layer {
-                    input_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
+                    input_norm: l.pp("input_layernorm").rms_norm(h, cfg.rms_norm_eps)?,
                     attn: Attention::new(cfg, cfg.sliding_window[i], l.pp("self_attn"))?,
-                    post_norm: candle_nn::rms_norm(
-                        h,
-                        cfg.rms_norm_eps,
-                        l.pp("post_attention_layernorm"),
-                    )?,
+                    post_norm: l
+                        .pp("post_attention_layernorm")
+                        .rms_norm(h, cfg.rms_norm_eps)?,
                     mlp: Mlp::new(cfg, l.pp("mlp"))?,
                 })
             })
             .collect::<CResult<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.embeddings().clone(), None)
-        } else {
-            candle_nn::linear_no_bias(h, v, vb.pp("lm_head"))?
-        };
+        let norm = m.pp("norm").rms_norm(h, cfg.rms_norm_eps)?;
+        let lm_head = vb.lm_head(cfg, &embed)?;
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -500,8 +604,9 @@ impl Decoder {
         Ok(grads)
     }
 
-    /// The output projection `[vocab, hidden]` (the embedding matrix when tied).
-    pub fn lm_head_weight(&self) -> &Tensor {
+    /// The output projection `[vocab, hidden]` (the embedding matrix when tied); `None` for a
+    /// quantized teacher's.
+    pub fn lm_head_weight(&self) -> Option<&Tensor> {
         self.lm_head.weight()
     }
 

@@ -73,6 +73,18 @@ impl MemoryPlan {
     /// `precompute`'s teacher forward: weights in `dtype`, one layer's activations at a time
     /// (inference frees them as it goes), one block of attention scores, the logits chunks and,
     /// on the CPU, the chunks queued for the top-k thread.
+    /// The same plan with the teacher's weights taking `bytes` (a quantized GGUF teacher),
+    /// shrunk by `shrink`.
+    pub fn with_teacher_weights(mut self, bytes: u64, shrink: Option<&'static str>) -> Self {
+        for t in &mut self.terms {
+            if t.what == "teacher weights" {
+                t.bytes = bytes;
+                t.shrink = shrink;
+            }
+        }
+        self
+    }
+
     pub fn precompute(
         cfg: &ModelConfig,
         dtype: DType,

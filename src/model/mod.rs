@@ -8,6 +8,7 @@ pub mod config;
 mod cpu_ops;
 pub mod decoder;
 pub mod device;
+pub mod gguf;
 pub mod init;
 pub mod memory;
 pub mod train;

@@ -76,7 +76,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         .map_err(|msg| Error::flag("--device", msg))?;
     let plan = plan::plan(opts)?;
     let memory = crate::model::memory::MemoryPlan::precompute(
-        &plan.model.config,
+        plan.teacher.config(),
         opts.dtype.dtype(),
         crate::model::memory::ForwardShape {
             batch: opts.batch_size,
@@ -86,6 +86,13 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         teacher::QUEUED_LOGITS_BYTES,
         device.is_cpu(),
     );
+    let memory = match plan.teacher.memory_bytes(opts.dtype.dtype(), &device) {
+        Some(bytes) => memory.with_teacher_weights(bytes, None),
+        None => memory,
+    };
+    if let Some(line) = plan.teacher.describe(&device) {
+        writeln!(out, "{line}").at(&opts.out)?;
+    }
     memory.announce(out, &opts.device, &device)?;
     // Held to the end of the run, taken before anything looks at what --out holds.
     let _lock = crate::cache::lock::lock_for_writing(&opts.out, opts.worker, opts.workers)?;
@@ -110,9 +117,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
     for why in cache.redone_shards() {
         writeln!(out, "{why}; computing it again").at(&opts.out)?;
     }
-    let teacher = plan
-        .model
-        .load_mapped(plan.weights, opts.dtype.dtype(), &device)?;
+    let teacher = plan.teacher.load(opts.dtype.dtype(), &device)?;
 
     let total_bytes: u64 = plan.manifest.corpus.files.iter().map(|f| f.bytes).sum();
     let progress = progress_bar(opts.progress, total_bytes);

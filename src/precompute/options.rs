@@ -16,9 +16,15 @@ use crate::model::{DeviceSpec, FloatType};
 #[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PrecomputeOptions {
-    /// Teacher: a Hugging Face model directory (config.json, safetensors, tokenizer.json).
-    #[arg(long, value_name = "DIR", default_value = "", hide_default_value = true, value_parser = crate::config::path_arg)]
+    /// Teacher: a Hugging Face model directory (config.json, safetensors, tokenizer.json), or a
+    /// llama.cpp GGUF file (dense or quantized; for a split model, its -00001-of-N file).
+    #[arg(long, value_name = "DIR|FILE.gguf", default_value = "", hide_default_value = true, value_parser = crate::config::path_arg)]
     pub teacher: PathBuf,
+    /// The teacher's tokenizer.json, instead of the one in its directory or its GGUF metadata
+    /// (a GGUF teacher's tokens must match it, id for id).
+    #[arg(long, value_name = "FILE", value_parser = crate::config::path_arg)]
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
     /// Corpus files or directories (.jsonl, .txt, .parquet); a directory stands for every
     /// non-hidden file below it, at any depth, sorted by name at each level.
     #[arg(long, value_name = "PATH", num_args = 1..)]

@@ -1,16 +1,81 @@
 //! What a precompute run will make: the teacher opened and checked against the options, the
 //! tokenizer, the corpus described, and the cache's identity (a manifest without shards).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use candle_core::{DType, Device};
 
 use super::PrecomputeOptions;
 use crate::cache::{CorpusFile, CorpusInfo, Manifest, PackingInfo, TeacherInfo, WorkerInfo};
 use crate::corpus;
 use crate::error::{Error, Result};
 use crate::hash::sha256_file;
+use crate::model::gguf::{self, GgufModel};
 use crate::model::weights::{self, MappedWeights};
-use crate::model::ModelDir;
+use crate::model::{Decoder, ModelConfig, ModelDir};
+
+/// The teacher, opened and checked, its weights not loaded yet.
+pub(super) enum Teacher {
+    /// A Hugging Face directory, its safetensors mapped once: hashed for the identity, then
+    /// loaded from this map.
+    Dir {
+        model: ModelDir,
+        weights: MappedWeights,
+    },
+    /// A GGUF file (or split set).
+    Gguf(GgufModel),
+}
+
+impl Teacher {
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Self::Dir { model, .. } => &model.config,
+            Self::Gguf(g) => &g.config,
+        }
+    }
+
+    pub fn load(self, dtype: DType, device: &Device) -> Result<Decoder> {
+        match self {
+            Self::Dir { model, weights } => model.load_mapped(weights, dtype, device),
+            Self::Gguf(g) => g.load(dtype, device),
+        }
+    }
+
+    /// Bytes its weights take in memory in `dtype`, where that is not what the config implies
+    /// (a quantized GGUF file).
+    pub fn memory_bytes(&self, dtype: DType, device: &Device) -> Option<u64> {
+        match self {
+            Self::Dir { .. } => None,
+            Self::Gguf(g) => Some(g.memory_bytes(dtype, device)),
+        }
+    }
+
+    /// A line about how a GGUF teacher is held on `device`: its tensor types, and the ones
+    /// dequantized at load.
+    pub fn describe(&self, device: &Device) -> Option<String> {
+        let Self::Gguf(g) = self else { return None };
+        let types: Vec<String> = g
+            .tensor_types()
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        let mut line = format!(
+            "teacher {}: GGUF {}, tensors {}",
+            g.path.display(),
+            g.arch,
+            types.join(", ")
+        );
+        let dense = g.dequantized_types(device);
+        if !dense.is_empty() {
+            line.push_str(&format!(
+                "; {} dequantized at load (candle has no vector CPU kernel for it)",
+                dense.join(", ")
+            ));
+        }
+        Some(line)
+    }
+}
 
 /// The identity part of a manifest for these options: everything but shards and completion.
 pub(super) struct Plan {
@@ -18,14 +83,54 @@ pub(super) struct Plan {
     pub files: Vec<PathBuf>,
     pub eos_id: u32,
     pub tokenizer: Arc<tokenizers::Tokenizer>,
-    pub model: ModelDir,
-    /// The teacher's weights, mapped once: hashed for the identity, then loaded from this map.
-    pub weights: MappedWeights,
+    pub teacher: Teacher,
+}
+
+/// The tokenizer of a run and the file (or GGUF metadata) it came from, for the identity.
+fn tokenizer_for(
+    opts: &PrecomputeOptions,
+    teacher: &Teacher,
+) -> Result<(tokenizers::Tokenizer, PathBuf, String)> {
+    let given = |path: &Path| -> Result<(tokenizers::Tokenizer, PathBuf, String)> {
+        Ok((
+            corpus::load_tokenizer(path)?,
+            path.to_path_buf(),
+            sha256_file(path)?,
+        ))
+    };
+    match (teacher, &opts.tokenizer) {
+        (Teacher::Dir { model, .. }, None) => given(&model.tokenizer_path()),
+        (Teacher::Dir { .. }, Some(path)) => given(path),
+        (Teacher::Gguf(g), Some(path)) => {
+            let (tok, path, sha) = given(path)?;
+            if let Some(tokens) = g.tokens()? {
+                gguf::check_same_vocabulary(&tok, &path, &tokens, &g.path)?;
+            }
+            Ok((tok, path, sha))
+        }
+        (Teacher::Gguf(g), None) => {
+            let tok = g.tokenizer()?;
+            let json = tok
+                .to_string(false)
+                .map_err(|e| Error::Internal(format!("serializing the GGUF tokenizer: {e}")))?;
+            Ok((
+                tok,
+                g.path.clone(),
+                crate::hash::sha256_hex(json.as_bytes()),
+            ))
+        }
+    }
 }
 
 pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
-    let model = ModelDir::open(&opts.teacher)?;
-    let cfg = &model.config;
+    let teacher = if gguf::is_gguf(&opts.teacher) {
+        Teacher::Gguf(GgufModel::open(&opts.teacher)?)
+    } else {
+        let model = ModelDir::open(&opts.teacher)?;
+        let weights = model.map()?;
+        Teacher::Dir { model, weights }
+    };
+    let cfg = teacher.config();
     if opts.top_k > cfg.vocab_size {
         return Err(Error::flag(
             "--top-k",
@@ -46,15 +151,15 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
             ),
         ));
     }
-    let tok_path = model.tokenizer_path();
-    let tokenizer = corpus::load_tokenizer(&tok_path)?;
+    let (tokenizer, tok_path, tokenizer_sha256) = tokenizer_for(opts, &teacher)?;
     let tok_vocab = tokenizer.get_vocab_size(true);
     if tok_vocab > cfg.vocab_size {
         return Err(Error::tokenizer(
             tok_path,
             format!(
-                "has {tok_vocab} tokens, more than the model's vocab_size {} in config.json",
-                cfg.vocab_size
+                "has {tok_vocab} tokens, more than the model's vocab_size {} ({})",
+                cfg.vocab_size,
+                cfg.path.display()
             ),
             None,
         ));
@@ -74,13 +179,26 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
             &cfg.path,
             "eos_token_id",
             format!(
-                "{eos_id} is not a token id of this model (vocab_size {}); fix config.json",
+                "{eos_id} is not a token id of this model (vocab_size {})",
                 cfg.vocab_size
             ),
         ));
     }
     let corpus_files = corpus::describe_files(&opts.corpus)?;
-    let weights = model.map()?;
+    let (config_sha256, header_sha256, weights_xxh3) = match &teacher {
+        Teacher::Dir { model, weights } => (
+            sha256_file(&cfg.path)?,
+            weights::header_hashes(&model.files)?,
+            weights.content_xxh3(),
+        ),
+        // The first file's header holds every setting of a GGUF model: its sha256 stands for
+        // config.json's.
+        Teacher::Gguf(g) => {
+            let headers = g.header_hashes()?;
+            let first = headers.values().next().cloned().unwrap_or_default();
+            (first, headers, g.content_xxh3()?)
+        }
+    };
     let files = corpus_files
         .iter()
         .map(|f| PathBuf::from(&f.path))
@@ -92,12 +210,12 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
             model_type: cfg.model_type.clone(),
             architecture: cfg.architecture.hf_class().to_string(),
             vocab_size: cfg.vocab_size,
-            config_sha256: sha256_file(&cfg.path)?,
-            safetensors_header_sha256: weights::header_hashes(&model.files)?,
-            weights_xxh3: Some(weights.content_xxh3()),
+            config_sha256,
+            safetensors_header_sha256: header_sha256,
+            weights_xxh3: Some(weights_xxh3),
             source: opts.teacher.display().to_string(),
         },
-        tokenizer_sha256: sha256_file(&tok_path)?,
+        tokenizer_sha256,
         corpus: CorpusInfo {
             files: corpus_files
                 .iter()
@@ -139,7 +257,6 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         files,
         eos_id,
         tokenizer: Arc::new(tokenizer),
-        model,
-        weights,
+        teacher,
     })
 }

@@ -12,6 +12,7 @@ mod errors;
 mod flags;
 mod forward_golden;
 mod fuzz;
+mod gguf;
 mod identity;
 mod pipelines;
 mod precompute;
