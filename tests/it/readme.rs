@@ -113,6 +113,8 @@ fn every_readme_command_runs_as_written() {
     ] {
         link(&fx.teacher, name);
     }
+    let gguf = work.join("models/smollm2-135m-q8_0.gguf");
+    crate::gguf::write_gguf(&fx.teacher, &gguf, "q8_0", &[]);
     link(&fx.corpus, "data/train.jsonl");
     link(&fx.corpus, "data/train/part-0.jsonl");
     link(

@@ -251,11 +251,7 @@ impl GgufModel {
             .map(|p| GgufFile::open(p))
             .collect::<Result<Vec<_>>>()?;
         if files.len() > 1 {
-            let declared = files[0]
-                .content
-                .metadata
-                .get("split.count")
-                .and_then(int);
+            let declared = files[0].content.metadata.get("split.count").and_then(int);
             if let Some(n) = declared.filter(|&n| n != files.len() as u64) {
                 return Err(Error::field(
                     path,
