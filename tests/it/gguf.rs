@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::quantized::gguf_file;
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, D};
 use taidcache::cache::ShardBatch;
 use taidcache::corpus::load_tokenizer;
@@ -265,36 +264,6 @@ fn quantized_gguf_teachers_agree_with_their_dequantized_weights() {
     }
 }
 
-/// Re-quantize every matrix of an F32 GGUF file to `to` with candle, keeping the metadata.
-fn requantize(src: &Path, dst: &Path, to: GgmlDType) {
-    let mut f = std::fs::File::open(src).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, QTensor)> = names
-        .iter()
-        .map(|&n| {
-            let q = content.tensor(&mut f, n, &Device::Cpu).unwrap();
-            let t = q.dequantize(&Device::Cpu).unwrap();
-            let q = if t.rank() == 2 && !n.ends_with("_norm.weight") {
-                QTensor::quantize(&t, to).unwrap()
-            } else {
-                q
-            };
-            (n.clone(), q)
-        })
-        .collect();
-    let mut keys: Vec<&String> = content.metadata.keys().collect();
-    keys.sort();
-    let metadata: Vec<(&str, &gguf_file::Value)> = keys
-        .iter()
-        .map(|k| (k.as_str(), &content.metadata[*k]))
-        .collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
-    let mut out = std::fs::File::create(dst).unwrap();
-    gguf_file::write(&mut out, &metadata, &refs).unwrap();
-}
-
 #[test]
 fn a_k_quant_teacher_agrees_with_its_dequantized_weights() {
     // K-quant blocks hold 256 values: rows of 256 and 512.
@@ -307,7 +276,9 @@ fn a_k_quant_teacher_agrees_with_its_dequantized_weights() {
     let f32_file = fx.path("teacher-f32.gguf");
     write_gguf(&fx.teacher, &f32_file, "f32", &[]);
     let file = fx.path("teacher-q4k.gguf");
-    requantize(&f32_file, &file, GgmlDType::Q4K);
+    let (exact, fell) =
+        taidcache::model::gguf::requantize(&f32_file, &file, GgmlDType::Q4K).unwrap();
+    assert_eq!((exact, fell), (16, 0));
     let types = GgufModel::open(&file).unwrap().tensor_types();
     assert!(types.get("Q4K").is_some_and(|&n| n >= 14), "{types:?}");
     let a = quantized_agreement(&fx, &file, "q4k");

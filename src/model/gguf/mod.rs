@@ -640,6 +640,62 @@ fn stays_dense(t: GgmlDType, device: &Device) -> bool {
         || (device.is_cpu() && !CPU_VECTOR_KERNELS.contains(&t))
 }
 
+/// llama.cpp's type for a matrix whose rows do not fit `want`'s blocks (K types need rows of a
+/// multiple of 256).
+pub fn fallback_type(want: GgmlDType) -> GgmlDType {
+    match want {
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        GgmlDType::Q5K => GgmlDType::Q5_1,
+        GgmlDType::Q6K => GgmlDType::Q8_0,
+        GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+        other => other,
+    }
+}
+
+/// Write the GGUF file `src` again as `dst` with every matrix (but norms) quantized to `to`
+/// from its dequantized values with candle's quantizers, metadata unchanged; a matrix whose
+/// rows do not fit `to`'s blocks takes [`fallback_type`]. Returns how many matrices took `to`
+/// and how many the fallback. For tests and benches: what a quantization type costs.
+pub fn requantize(src: &Path, dst: &Path, to: GgmlDType) -> Result<(usize, usize)> {
+    let mut f = File::open(src).at(src)?;
+    let content = Content::read(&mut f)
+        .map_err(|e| Error::model(src, format!("not a readable GGUF file ({e})")))?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let (mut exact, mut fell) = (0, 0);
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let t = content
+            .tensor(&mut f, name, &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .ctx(format!("{}: {name}", src.display()))?;
+        let ty = if t.rank() == 2 && !name.ends_with("_norm.weight") {
+            if t.dim(1).ctx("shape")? % to.block_size() == 0 {
+                exact += 1;
+                to
+            } else {
+                fell += 1;
+                fallback_type(to)
+            }
+        } else {
+            GgmlDType::F32
+        };
+        let q = QTensor::quantize(&t, ty).ctx(format!("quantizing {name} to {ty:?}"))?;
+        tensors.push((name.clone(), q));
+    }
+    let mut keys: Vec<&String> = content.metadata.keys().collect();
+    keys.sort();
+    let metadata: Vec<(&str, &Value)> = keys
+        .iter()
+        .map(|k| (k.as_str(), &content.metadata[*k]))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    let mut out = File::create(dst).at(dst)?;
+    candle_core::quantized::gguf_file::write(&mut out, &metadata, &refs)
+        .ctx(format!("writing {}", dst.display()))?;
+    Ok((exact, fell))
+}
+
 /// A `ModelConfig` to hold until the metadata is read (never used for anything else).
 fn placeholder_config(architecture: Architecture, path: &Path) -> ModelConfig {
     ModelConfig {
