@@ -201,3 +201,10 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Assert that `stderr` names every one of `parts`.
+pub fn expect(stderr: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(stderr.contains(p), "`{p}` not in: {stderr}");
+    }
+}

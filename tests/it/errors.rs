@@ -43,12 +43,6 @@ fn precompute_fails(teacher: &Path, corpus: &Path, out: &Path, extra: &[&str]) -
     stderr
 }
 
-fn expect(stderr: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(stderr.contains(p), "`{p}` not in: {stderr}");
-    }
-}
-
 #[test]
 fn teacher_problems_name_the_file_or_tensor() {
     let fx = Fixture::new(Architecture::Llama, 10);

@@ -425,9 +425,7 @@ fn fails_with(out: Output, needles: &[&str]) {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one sentence expected:\n{err}");
     assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "`{n}` not in: {err}");
-    }
+    crate::common::expect(&err, needles);
 }
 
 #[test]

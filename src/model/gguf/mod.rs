@@ -457,48 +457,48 @@ impl GgufModel {
     }
 
     /// Bytes of tensor data the model holds in memory once loaded on `device`: quantized
-    /// tensors as stored, dense ones (and the embedding table) in `dtype`.
+    /// matrices as stored, dense ones in `dtype`, the embedding table dequantized to `dtype`,
+    /// and, when the output projection is the table and stays quantized, its blocks too.
     pub fn memory_bytes(&self, dtype: DType, device: &Device) -> u64 {
+        let as_loaded = |info: &TensorInfo| {
+            if stays_dense(info.ggml_dtype, device) {
+                (info.shape.elem_count() * dtype.size_in_bytes()) as u64
+            } else {
+                bytes_of(info)
+            }
+        };
         let stored: u64 = self
-            .files
-            .iter()
-            .flat_map(|f| f.content.tensor_infos.values())
-            .map(|info| {
-                if stays_dense(info.ggml_dtype, device) {
-                    (info.shape.elem_count() * dtype.size_in_bytes()) as u64
-                } else {
-                    bytes_of(info)
-                }
-            })
+            .owner
+            .keys()
+            .filter(|n| n.as_str() != "token_embd.weight")
+            .filter_map(|n| self.info(n))
+            .map(|(_, info)| as_loaded(info))
             .sum();
         let c = &self.config;
-        stored + (c.vocab_size * c.hidden_size * dtype.size_in_bytes()) as u64
+        let table = (c.vocab_size * c.hidden_size * dtype.size_in_bytes()) as u64;
+        let tied_blocks = match self.info("token_embd.weight") {
+            Some((_, info)) if c.tie_word_embeddings && !stays_dense(info.ggml_dtype, device) => {
+                bytes_of(info)
+            }
+            _ => 0,
+        };
+        stored + table + tied_blocks
     }
 
     /// The block types that load dense on `device` although stored quantized (see
     /// [`CPU_VECTOR_KERNELS`]), for the run to say so.
     pub fn dequantized_types(&self, device: &Device) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .tensor_types_raw()
-            .into_iter()
-            .filter(|t| {
-                !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
-                    && stays_dense(*t, device)
-            })
-            .map(|t| format!("{t:?}"))
-            .collect();
-        out.dedup();
-        out
-    }
-
-    fn tensor_types_raw(&self) -> Vec<GgmlDType> {
-        let mut v: Vec<GgmlDType> = self
+        let types: std::collections::BTreeSet<String> = self
             .files
             .iter()
             .flat_map(|f| f.content.tensor_infos.values().map(|i| i.ggml_dtype))
+            .filter(|&t| {
+                !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+                    && stays_dense(t, device)
+            })
+            .map(|t| format!("{t:?}"))
             .collect();
-        v.sort_by_key(|t| format!("{t:?}"));
-        v
+        types.into_iter().collect()
     }
 
     /// The tensor types in the files, with their counts: `{"Q4_1": 169, "F32": 61}`.

@@ -190,18 +190,15 @@ pub fn tokenizer_from_metadata(map: &HashMap<String, Value>, path: &Path) -> Res
     };
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
-    let special: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, &t)| t == CONTROL)
-        .map(|(tok, _)| AddedToken::from(tok.to_string(), true))
-        .collect();
-    let user: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, &t)| t == USER_DEFINED)
-        .map(|(tok, _)| AddedToken::from(tok.to_string(), false))
-        .collect();
+    // Control tokens become special added tokens, user-defined ones plain added tokens.
+    let (mut special, mut user) = (Vec::new(), Vec::new());
+    for (tok, &t) in tokens.iter().zip(&types) {
+        match t {
+            CONTROL => special.push(AddedToken::from(tok.to_string(), true)),
+            USER_DEFINED => user.push(AddedToken::from(tok.to_string(), false)),
+            _ => {}
+        }
+    }
     let added = |e: tokenizers::Error| Error::field(path, "tokenizer.ggml.tokens", e.to_string());
     tokenizer.add_special_tokens(special).map_err(added)?;
     tokenizer.add_tokens(user).map_err(added)?;
