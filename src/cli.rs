@@ -24,6 +24,9 @@ pub enum Command {
     /// Run a teacher over a corpus once and cache its top-k next-token log-probabilities.
     #[command(allow_negative_numbers = true)]
     Precompute(Box<PrecomputeOptions>),
+    /// Turn top-k log-probs captured elsewhere (DistillKit's vLLM captures, any top-k columns)
+    /// into a cache that `distill` trains from.
+    Import(Box<crate::import::ImportOptions>),
     /// Train a student from a cache with sparse TAID (or a baseline objective).
     #[command(allow_negative_numbers = true)]
     Distill(Box<DistillOptions>),
@@ -143,6 +146,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     match cli.command {
         Command::Precompute(opts) => {
             precompute::run(&opts, out)?;
+        }
+        Command::Import(opts) => {
+            crate::import::run(&opts, out)?;
         }
         Command::Distill(opts) => {
             distill::run(&opts, out)?;

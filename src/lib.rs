@@ -7,6 +7,7 @@
 //!   Hugging Face directories.
 //! - [`cache`]: the on-disk format: Arrow schema, manifest, atomic shard writer, memory-mapped reader.
 //! - [`precompute`]: corpus → teacher → top-k → cache, pipelined.
+//! - [`import`]: top-k captured elsewhere (DistillKit, top-k columns) → cache.
 //! - [`distill`]: cache → student with sparse TAID (loader, targets, objectives, schedules, AdamW).
 //! - [`plot`]: loss, t and eval KL curves of distill runs as SVG/PNG.
 //! - [`demo`]: the end-to-end demo on a generated corpus, through the stages' typed options.
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod distill;
 pub mod error;
 pub mod hash;
+pub mod import;
 pub mod inspect;
 pub mod lock;
 pub mod model;
@@ -65,6 +67,21 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
+}
+
+/// A progress bar on stderr drawn with `template` (indicatif's), or a hidden one when `enabled`
+/// is false or stderr is not a terminal.
+pub(crate) fn progress_bar(enabled: bool, len: u64, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 thread_local! {

@@ -116,6 +116,7 @@ pub fn sample_manifest(shards: u64, rows: u64) -> crate::cache::manifest::Manife
                 xxh3: format!("{i:032x}"),
             })
             .collect(),
+        import: None,
     }
 }
 

@@ -207,6 +207,12 @@ impl CacheWriter {
         &self.manifest
     }
 
+    /// The manifest, to record what only the end of a run knows outside the identity (e.g. an
+    /// import's counts) before [`CacheWriter::finish`] saves it.
+    pub fn manifest_mut(&mut self) -> &mut Manifest {
+        &mut self.manifest
+    }
+
     /// Append rows to shard `shard`, starting its file with the first rows.
     pub fn write_rows(&mut self, shard: u64, rows: &ShardBatch) -> Result<()> {
         if self.open.as_ref().map(|(s, _)| *s) != Some(shard) {

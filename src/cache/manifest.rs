@@ -47,6 +47,33 @@ pub struct Manifest {
     pub total_sequences: Option<u64>,
     /// Sorted by index.
     pub shards: Vec<ShardEntry>,
+    /// Set in a cache made by `taidcache import` from a capture made elsewhere: where it came
+    /// from and what the import had to reconstruct. Not part of the identity beyond what
+    /// `teacher.config_sha256` and `corpus` already hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportInfo>,
+}
+
+/// Where an imported cache came from (`taidcache import`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportInfo {
+    /// `distillkit` or `topk-columns`.
+    pub source: String,
+    /// DistillKit's `logprob_compressor` block the capture was decoded with (null when the
+    /// capture holds plain log-probs).
+    pub compression: Option<serde_json::Value>,
+    /// The teacher's name as given (`--teacher-name`).
+    pub teacher: Option<String>,
+    /// The tail mass given to positions whose decoded top-k mass is 1 or more.
+    pub tail_floor: f64,
+    pub documents: u64,
+    /// Positions with a teacher target.
+    pub positions: u64,
+    /// Of those, positions whose tail was floored.
+    pub floored_positions: u64,
+    /// Positions beyond `packing.seq_len`, dropped.
+    pub truncated_positions: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,6 +25,9 @@ pub struct Summary {
     /// False while a precompute is running or was interrupted.
     pub complete: bool,
     pub teacher: TeacherSummary,
+    /// Where an imported cache came from (`taidcache import`); absent for a precompute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import: Option<crate::cache::manifest::ImportInfo>,
     pub top_k: usize,
     pub vocab_size: usize,
     pub seq_len: usize,
@@ -123,6 +126,7 @@ pub fn inspect(dir: &Path) -> Result<Summary> {
             model_type: m.teacher.model_type.clone(),
             source: m.teacher.source.clone(),
         },
+        import: m.import.clone(),
         top_k: k,
         vocab_size: m.vocab_size,
         seq_len: m.packing.seq_len,
@@ -193,7 +197,7 @@ pub fn write_summary(s: &Summary, json: bool, out: &mut impl Write) -> Result<()
         (false, Some(t)) => format!("INCOMPLETE ({} of {t} sequences)", s.sequences),
         (false, None) => "INCOMPLETE (precompute interrupted or running)".to_string(),
     };
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         ("cache", s.cache.clone()),
         ("status", progress),
         ("format version", s.format_version.to_string()),
@@ -223,6 +227,39 @@ pub fn write_summary(s: &Summary, json: bool, out: &mut impl Write) -> Result<()
         ),
         ("mean top-k mass", opt(s.mean_topk_mass, 4)),
     ];
+    if let Some(i) = &s.import {
+        let share = |n: u64| 100.0 * n as f64 / i.positions.max(1) as f64;
+        let settings = match &i.compression {
+            Some(c) => format!(", compression {c}"),
+            None => ", plain log-probs".to_string(),
+        };
+        rows.insert(
+            4,
+            (
+                "imported from",
+                format!(
+                    "{} capture of {}{settings}",
+                    i.source,
+                    i.teacher.as_deref().unwrap_or("an unnamed teacher")
+                ),
+            ),
+        );
+        rows.insert(
+            5,
+            (
+                "import",
+                format!(
+                    "{} documents, {} positions; tail floored at {:e} on {} ({:.3}%); {} positions cut by seq_len; tail reconstructed from the top-k, not measured",
+                    i.documents,
+                    i.positions,
+                    i.tail_floor,
+                    i.floored_positions,
+                    share(i.floored_positions),
+                    i.truncated_positions
+                ),
+            ),
+        );
+    }
     let write = |out: &mut dyn Write| -> std::io::Result<()> {
         for (key, value) in &rows {
             writeln!(out, "{key:<20} {value}")?;

@@ -28,7 +28,7 @@ mod plan;
 mod teacher;
 pub mod topk;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::sync_channel;
@@ -120,7 +120,11 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
     let teacher = plan.teacher.load(opts.dtype.dtype(), &device)?;
 
     let total_bytes: u64 = plan.manifest.corpus.files.iter().map(|f| f.bytes).sum();
-    let progress = progress_bar(opts.progress, total_bytes);
+    let progress = crate::progress_bar(
+        opts.progress,
+        total_bytes,
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} corpus, {msg}, ETA {eta}",
+    );
     let bytes_read = Arc::new(AtomicU64::new(0));
 
     let (work_tx, work_rx) = sync_channel(2);
@@ -243,18 +247,4 @@ fn summary(
         elapsed_s: started.elapsed().as_secs_f64(),
         teacher_s,
     }
-}
-
-fn progress_bar(enabled: bool, total_bytes: u64) -> indicatif::ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total_bytes);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} corpus, {msg}, ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }

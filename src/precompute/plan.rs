@@ -251,6 +251,7 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         complete: false,
         total_sequences: None,
         shards: Vec::new(),
+        import: None,
     };
     Ok(Plan {
         manifest,

@@ -99,6 +99,7 @@ fn write_cache(cache: &Path) -> Manifest {
         complete: true,
         total_sequences: Some(next),
         shards,
+        import: None,
     };
     manifest.save_atomic(&cache.join(MANIFEST_FILE)).unwrap();
     manifest

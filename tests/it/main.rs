@@ -14,6 +14,7 @@ mod forward_golden;
 mod fuzz;
 mod gguf;
 mod identity;
+mod import;
 mod pipelines;
 mod precompute;
 mod readme;

@@ -121,6 +121,25 @@ fn every_readme_command_runs_as_written() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines"),
         "pipelines",
     );
+    // `taidcache import`: a DistillKit capture (a golden one) and a vLLM-style top-k dump.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/distillkit");
+    link(
+        &golden.join("budget.parquet"),
+        "data/qwen3-235b-logits/data/train-00000.parquet",
+    );
+    link(
+        &golden.join("budget.yaml"),
+        "data/qwen3-235b-logits/compression_config.yaml",
+    );
+    link(
+        &fx.teacher.join("tokenizer.json"),
+        "models/qwen3/tokenizer.json",
+    );
+    std::fs::write(
+        work.join("data/vllm-dump.jsonl"),
+        "{\"input_ids\": [5, 6, 7], \"topk_ids\": [null, [1, 2], [3, 4]], \"topk_logprobs\": [null, [-0.5, -1.5], [-0.2, -2.5]]}\n",
+    )
+    .unwrap();
     let student = fx.path("student");
     let tok = taidcache::corpus::load_tokenizer(&fx.teacher.join("tokenizer.json")).unwrap();
     let mut spec = taidcache::testing::TinySpec::new(Architecture::Qwen2, 320);
