@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb gguf
 
-.PHONY: all setup build test fuzz soak demo replicate demo-real lint fmt bench bench-venv bench-e2e bench-gguf gguf-kl bench-report check-cuda gpu-bundle gpu-check doc clean
+.PHONY: all setup build test fuzz soak demo replicate demo-real lint fmt bench bench-venv bench-e2e bench-import bench-gguf gguf-kl bench-report check-cuda gpu-bundle gpu-check doc clean
 
 all: build
 
@@ -102,6 +102,9 @@ ifneq ($(filter loader,$(BENCHES)),)
 	$(PYTHON) benches/peers/loader_pyarrow.py
 	$(PYTHON) benches/data_wait.py
 endif
+ifneq ($(filter end_to_end,$(BENCHES)),)
+	@$(MAKE) --no-print-directory bench-import
+endif
 	@$(PYTHON) benches/report.py
 
 ## bench-venv: PyTorch + transformers for the end-to-end peers (benches/end_to_end.py), in their
@@ -111,6 +114,16 @@ bench-venv:
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	@$(BENCH_VENV)/bin/python -c "import torch, transformers, pyarrow, numpy" 2>/dev/null || \
 		$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch transformers safetensors pyarrow numpy
+
+## bench-import: `taidcache import --from distillkit` (and its --dry-run) against DistillKit's own Python
+## decompression of the same capture files (written by DistillKit's compressor), alternating (benches/import_distillkit.py)
+bench-import:
+	$(CARGO) build --release --locked
+	@$(MAKE) --no-print-directory bench-venv
+	@$(BENCH_VENV)/bin/python -c "import pydantic, yaml" 2>/dev/null || \
+		$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pydantic pyyaml
+	$(PYTHON) benches/import_distillkit.py --bin $(TARGET_DIR)/release/taidcache --python $(BENCH_VENV)/bin/python \
+		--work $(TARGET_DIR)/bench-import --out $(TARGET_DIR)/bench-results/import_distillkit.json
 
 ## bench-e2e: only the end-to-end rows against PyTorch (E2E_ARGS="--vocab 49152 --rounds 5" to narrow)
 bench-e2e:

@@ -240,6 +240,10 @@ pub struct Decoder {
     /// `[k − exact_k][terms]`, in `term_dtype`.
     basis: Vec<f64>,
     terms: usize,
+    /// The settings every documented DistillKit config uses (f32 terms, at most 7 of them, no
+    /// residual bins, 16- or 32-bit exact values) decode in f32 directly: the basis term-major,
+    /// `[terms][k − exact_k]`, so each step runs over all ranks at once.
+    fast_basis: Option<Vec<f32>>,
 }
 
 /// Reusable buffers of [`Decoder::decode`].
@@ -247,6 +251,8 @@ pub struct Decoder {
 pub struct Scratch {
     values: Vec<f64>,
     quantized: Vec<u64>,
+    /// The four partial sums of the fast path, `[4][k − exact_k]`.
+    parts: Vec<f32>,
 }
 
 impl Decoder {
@@ -263,7 +269,19 @@ impl Decoder {
                 basis.push(term_value(term, x, dt));
             }
         }
+        let fast = c.term_dtype == Dtype::Float32
+            && c.exact_dtype != Dtype::Float64
+            && c.residual_bins.is_empty()
+            && terms.len() <= 7;
+        let fast_basis = fast.then(|| {
+            let n = terms.len();
+            (0..n)
+                .flat_map(|t| (0..approx).map(move |i| (t, i)))
+                .map(|(t, i)| basis[i * n + t] as f32)
+                .collect()
+        });
         Decoder {
+            fast_basis,
             id_bits: c.id_bits(),
             id_bytes: c.id_bytes(),
             lp_bytes: c.logprob_bytes(),
@@ -322,6 +340,10 @@ impl Decoder {
             ));
         }
         unpack_bits(id_bytes, self.id_bits, &mut ids[..c.k]);
+        if let Some(basis) = &self.fast_basis {
+            self.decode_f32(basis, lp_bytes, lps, scratch);
+            return Ok(());
+        }
 
         let out = c.exact_dtype;
         let mut b = lp_bytes;
@@ -401,6 +423,56 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+}
+
+impl Decoder {
+    /// [`Decoder::decode`]'s log-probs for the settings of `fast_basis`, in f32: the same
+    /// operations in the same order as the general path (and torch), ranks side by side.
+    fn decode_f32(&self, basis: &[f32], b: &[u8], lps: &mut [f32], scratch: &mut Scratch) {
+        let c = &self.c;
+        let out = c.exact_dtype;
+        let (ek, approx, n) = (c.exact_k, c.k - c.exact_k, self.terms);
+        let w = out.bytes();
+        for (j, lp) in lps[..ek].iter_mut().enumerate() {
+            *lp = out.read(&b[j * w..]) as f32;
+        }
+        let b = &b[ek * w..];
+        let mut coeffs = [0f32; 7];
+        for (t, cf) in coeffs[..n].iter_mut().enumerate() {
+            *cf = f32::from_le_bytes([b[4 * t], b[4 * t + 1], b[4 * t + 2], b[4 * t + 3]]);
+        }
+        // torch's row_sum: term t goes to partial sum t % 4 for t < 4⌊n/4⌋, the rest to the
+        // first; then ((p0 + p1) + p2) + p3, and + 0.0 for the (empty) residual.
+        let parts = &mut scratch.parts;
+        parts.clear();
+        parts.resize(4 * approx, 0.0);
+        let (p0, rest) = parts.split_at_mut(approx);
+        let (p1, rest) = rest.split_at_mut(approx);
+        let (p2, p3) = rest.split_at_mut(approx);
+        let whole = n / 4 * 4;
+        for (t, &cf) in coeffs[..n].iter().enumerate() {
+            let part: &mut [f32] = match (t < whole, t % 4) {
+                (true, 1) => p1,
+                (true, 2) => p2,
+                (true, 3) => p3,
+                _ => p0,
+            };
+            for (p, &x) in part.iter_mut().zip(&basis[t * approx..(t + 1) * approx]) {
+                *p += x * cf;
+            }
+        }
+        let fit = &mut lps[ek..c.k];
+        for (i, f) in fit.iter_mut().enumerate() {
+            *f = ((p0[i] + p1[i]) + p2[i]) + p3[i] + 0.0;
+        }
+        if c.delta_encoding {
+            let mut acc = 0f64;
+            for lp in lps[..c.k].iter_mut() {
+                acc += *lp as f64;
+                *lp = out.round(acc as f32 as f64) as f32;
+            }
+        }
     }
 }
 

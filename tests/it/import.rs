@@ -179,6 +179,24 @@ fn check_import_of(name: &str, dir: &Path, tok: &Path) {
         "verify",
         cache.to_str().unwrap(),
     ]));
+    // pyarrow reads it with the format's exact types; the manifest (import section included)
+    // matches its JSON Schema; inspect says where it came from.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
+    let o = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&cache)
+        .arg("--require-jsonschema")
+        .output()
+        .unwrap();
+    ok(&o);
+    let shown = ok(&crate::common::taidcache(&[
+        "inspect",
+        cache.to_str().unwrap(),
+    ]));
+    assert!(
+        shown.contains("imported from") && shown.contains("distillkit capture"),
+        "{shown}"
+    );
 
     let cap = read_table(&golden(&format!("{name}.parquet")));
     let exp = read_table(&golden(&format!("{name}.expected.parquet")));
@@ -473,6 +491,35 @@ fn an_imported_capture_trains_the_student_a_precompute_of_the_same_teacher_train
             2e-2,
         ),
     ];
+    // Alignment, against a teacher whose answer is known: a captured row (vLLM: no entry for
+    // the first token) imports to the precompute's top-k at every position but the last, which
+    // has no entry and is masked.
+    let cap = capture(&t, "vllm", &["--preset", "budget", "--form", "topvalues"]);
+    ok(&import(&t, &cap, "import-vllm", &["--seq-len", "16"]));
+    let (want, got) = (
+        crate::common::read_rows(&t.cache),
+        crate::common::read_rows(&t.fx.path("import-vllm")),
+    );
+    assert_eq!(want.len(), got.len());
+    let mut compared = 0;
+    for (w, g) in want.iter().zip(&got) {
+        let n = w.loss_mask.iter().filter(|&&m| m).count();
+        assert_eq!(&g.input_ids[..n], &w.input_ids[..n]);
+        for p in 0..SEQ {
+            assert_eq!(g.loss_mask[p], p + 1 < n, "position {p} of {n} tokens");
+            if p + 1 < n {
+                let set = |b: &taidcache::cache::ShardBatch| {
+                    let mut v = b.topk_ids[p * 50..(p + 1) * 50].to_vec();
+                    v.sort_unstable();
+                    v
+                };
+                assert_eq!(set(g), set(w), "top-50 ids at position {p}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 100, "{compared} positions compared");
+
     for (name, args, bound) in cases {
         let cap = capture(&t, name, args);
         // The same shards (and row groups) as the precompute: the loader's order follows them.
@@ -616,31 +663,43 @@ fn a_top_k_jsonl_dump_aligns_like_vllm_masks_floors_and_resumes() {
         r#"{"input_ids": [5, 6, 7, 8], "ids": [null, [1, 2], [3, 4], [9, 1]], "lps": [null, [-0.5, -1.5], [-0.1, -3.0], [-2.0, -2.5]], "mask": [1, 1, 0, 1]}"#,
         r#"{"input_ids": [10, 11, 12], "ids": [[7, 8], [2, 3], [4, 5]], "lps": [[-1.0, -2.0], [-0.01, -0.2], [-0.7, -0.9]], "mask": [1, 1, 1]}"#,
     ];
-    let input = dir.path().join("dump.jsonl");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    // Two files in a directory (read side by side, merged back in name order).
+    let inputs = dir.path().join("dump");
+    std::fs::create_dir(&inputs).unwrap();
+    std::fs::write(inputs.join("a.jsonl"), lines[0].to_string() + "\n").unwrap();
+    std::fs::write(inputs.join("b.jsonl"), lines[1].to_string() + "\n").unwrap();
     let cache = dir.path().join("cache");
-    let run = || {
-        crate::common::taidcache(&[
+    let import = |target: &[&str]| {
+        let mut args = vec![
             "import",
             "--from",
             "topk-columns",
-            input.to_str().unwrap(),
+            inputs.to_str().unwrap(),
             "--ids",
             "ids",
             "--logprobs",
             "lps",
             "--mask",
             "mask",
-            "--out",
-            cache.to_str().unwrap(),
             "--vocab-size",
             "1000",
             "--tokenizer",
             tok.to_str().unwrap(),
             "--shard-rows",
             "1",
-        ])
+        ];
+        args.extend_from_slice(target);
+        crate::common::taidcache(&args)
     };
+    let run = || import(&["--out", cache.to_str().unwrap()]);
+    // --dry-run: the same counts, nothing written.
+    let dry = ok(&import(&["--dry-run"]));
+    assert!(
+        dry.contains("decoded (nothing written) 2 documents (5 positions")
+            && dry.contains("1 positions (20.000%)"),
+        "{dry}"
+    );
+    assert!(!cache.exists());
     let stdout = ok(&run());
     assert!(stdout.contains("1 positions (20.000%)"), "{stdout}");
     ok(&crate::common::taidcache(&[
@@ -681,6 +740,7 @@ fn a_top_k_jsonl_dump_aligns_like_vllm_masks_floors_and_resumes() {
     assert_eq!(crate::common::snapshot(&cache.join("shards")), before);
 
     // A row whose lists disagree is named with its line.
+    let input = dir.path().join("dump.jsonl");
     std::fs::write(&input, r#"{"input_ids": [1, 2, 3], "ids": [[1, 2], [3, 4]], "lps": [[-1.0, -2.0]], "mask": [1, 1, 1]}"#).unwrap();
     let out = crate::common::taidcache(&[
         "import",
