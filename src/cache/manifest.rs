@@ -647,7 +647,7 @@ mod tests {
     /// level, all required but the optional ones (absent from manifests of older releases).
     #[test]
     fn manifest_json_schema_lists_exactly_the_serialized_fields() {
-        const OPTIONAL: [&str; 1] = ["weights_xxh3"];
+        const OPTIONAL: [&str; 2] = ["weights_xxh3", "import"];
         let schemas = [
             (1, include_str!("../../schemas/v1/manifest.schema.json")),
             (2, include_str!("../../schemas/v2/manifest.schema.json")),
@@ -657,6 +657,16 @@ mod tests {
             let schema: serde_json::Value = serde_json::from_str(text).unwrap();
             let mut m = sample_manifest(1, 2);
             m.worker = Some(WorkerInfo { index: 0, count: 1 });
+            m.import = Some(ImportInfo {
+                source: "distillkit".into(),
+                compression: Some(serde_json::json!({ "k": 50 })),
+                teacher: None,
+                tail_floor: 1e-6,
+                documents: 1,
+                positions: 2,
+                floored_positions: 0,
+                truncated_positions: 0,
+            });
             let value = serde_json::to_value(&m).unwrap();
             let defs = &schema["$defs"];
             let objects = [
@@ -671,6 +681,7 @@ mod tests {
                 ("packing", &defs["packing"], &value["packing"]),
                 ("worker", &defs["worker"], &value["worker"]),
                 ("shard", &defs["shard"], &value["shards"][0]),
+                ("import", &defs["import"], &value["import"]),
             ];
             for (name, sch, val) in objects {
                 let keys = |v: &serde_json::Value| {

@@ -2,11 +2,14 @@
 //! columns) → a taidcache cache, so a teacher that runs on a serving engine feeds `distill`.
 //!
 //! ```text
-//! input files ─▶ documents (source) ─▶ decode + tail, in parallel (rayon) ─▶ CacheWriter
+//! reader: input files, one lane per core ─▶ documents, in file order ──chunks──▶
+//!     convert: decode + checks + tail, rayon ──rows──▶ writer: CacheWriter (shards + manifest)
 //! ```
 //!
 //! - [`distillkit`]: DistillKit's compression settings and its decompression, bit for bit.
 //! - [`source`]: the input files, read a batch of rows at a time, split into documents.
+//!
+//! `--dry-run` runs the reader and the conversion, every check included, and writes nothing.
 //!
 //! **Alignment.** A capture's entry `e` of a document is the teacher's distribution of the token
 //! after `tokens[..=e]` (vLLM returns nothing for the first token, so a document of n tokens has
@@ -19,9 +22,9 @@
 //! `--seq-len` keeps its first `--seq-len` positions (the rest are counted and reported).
 //!
 //! **Tail.** `log(1 − Σ exp ℓ)` from the decoded log-probs, in f64 with `expm1`/`log1p`. A lossy
-//! capture can decode to a top-k mass of 1 or more; such a position keeps a tail of
-//! `--tail-floor` and its log-probs are shifted so that the position sums to 1 (counted, printed
-//! and recorded in the manifest).
+//! capture can decode to a top-k mass of 1 or more; a position whose mass is at least
+//! 1 − `--tail-floor` keeps a tail of `--tail-floor` and its log-probs are shifted so that the
+//! position sums to 1 (counted, printed and recorded in the manifest).
 //!
 //! Input document `i` (in file order) is sequence `i` of the cache, so shards are fixed by the
 //! input alone and a rerun after a kill continues after the last complete shard.
@@ -52,7 +55,7 @@ use source::{Columns, ColumnsKind, Document, DocumentReader, Entries};
 /// Where a capture comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum From {
+pub enum CaptureFormat {
     /// DistillKit capture Parquet files: `compressed_logprobs` + `bytepacked_indices` (with
     /// --compression), or `token_ids` + `top_values`; prepacked rows with `attention_mask` too.
     Distillkit,
@@ -66,7 +69,7 @@ pub enum From {
 pub struct ImportOptions {
     /// The capture's format.
     #[arg(long = "from", value_enum)]
-    pub from: From,
+    pub from: CaptureFormat,
     /// Capture files or directories (every non-hidden file below, sorted by name).
     #[arg(required = true, value_name = "PATH")]
     pub inputs: Vec<PathBuf>,
@@ -87,7 +90,8 @@ pub struct ImportOptions {
     /// or a DistillKit config holding the block); needed for compressed captures.
     #[arg(long, value_name = "FILE.yaml")]
     pub compression: Option<PathBuf>,
-    /// Positions per row; default: the longest document. Longer documents are cut (counted).
+    /// Positions per row; default: the longest document (found by one more pass over the
+    /// files). Longer documents are cut (counted).
     #[arg(long, value_parser = bounds::at_least_one)]
     pub seq_len: Option<usize>,
     /// Column of the token ids.
@@ -105,7 +109,8 @@ pub struct ImportOptions {
     /// The teacher's name, recorded in the manifest (e.g. Qwen/Qwen3-235B-A22B).
     #[arg(long, value_name = "NAME")]
     pub teacher_name: Option<String>,
-    /// Tail mass given to a position whose decoded top-k mass is 1 or more (lossy captures).
+    /// Tail mass given to a position whose decoded top-k mass is 1 − this or more (lossy
+    /// captures); its log-probs are shifted so that it sums to 1.
     #[arg(long, default_value_t = 1e-6)]
     pub tail_floor: f64,
     /// Sequences per shard file.
@@ -639,8 +644,8 @@ pub fn run(opts: &ImportOptions, out: &mut dyn Write) -> Result<ImportSummary> {
             format: format!(
                 "{}-{}",
                 match opts.from {
-                    From::Distillkit => "distillkit",
-                    From::TopkColumns => "topk-columns",
+                    CaptureFormat::Distillkit => "distillkit",
+                    CaptureFormat::TopkColumns => "topk-columns",
                 },
                 if f.extension().is_some_and(|e| e == "parquet") {
                     "parquet"
@@ -654,8 +659,8 @@ pub fn run(opts: &ImportOptions, out: &mut dyn Write) -> Result<ImportSummary> {
     }
     let column_list = columns_description(&columns);
     let from_name = match opts.from {
-        From::Distillkit => "distillkit",
-        From::TopkColumns => "topk-columns",
+        CaptureFormat::Distillkit => "distillkit",
+        CaptureFormat::TopkColumns => "topk-columns",
     };
     let config_json = serde_json::json!({
         "from": from_name,
@@ -940,7 +945,7 @@ fn plan_columns(
         .first()
         .ok_or_else(|| Error::flag("(inputs)", "name at least one capture file"))?;
     match opts.from {
-        From::Distillkit => {
+        CaptureFormat::Distillkit => {
             for (flag, v) in [
                 ("--ids", &opts.ids),
                 ("--logprobs", &opts.logprobs),
@@ -980,6 +985,14 @@ fn plan_columns(
                     loss_mask: None,
                 };
                 Ok((columns, Codec::DistillKit(Decoder::new(&c)), Some(value)))
+            } else if has("packed_indices") && has("exact_values") && has("coeffs") {
+                Err(Error::corpus(
+                    first,
+                    "schema",
+                    "is a capture in DistillKit's legacy format (packed_indices, exact_values, \
+                     coeffs: legacy_logit_compression), which import does not read; DistillKit's \
+                     current LogprobCompressor format and token_ids + top_values are read",
+                ))
             } else if has("token_ids") && has("top_values") {
                 let columns = Columns {
                     input_ids: opts.input_ids.clone(),
@@ -1004,7 +1017,7 @@ fn plan_columns(
                 ))
             }
         }
-        From::TopkColumns => {
+        CaptureFormat::TopkColumns => {
             let (Some(ids), Some(lps)) = (&opts.ids, &opts.logprobs) else {
                 return Err(Error::flag(
                     if opts.ids.is_none() {
