@@ -191,7 +191,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// Append the non-hidden files below `dir` to `out`, sorted by name at each level, descending
 /// into subdirectories (links followed). A link back to a directory being walked is an error
 /// naming it: following it would never end.
-fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     walk_dir_below(dir, out, &mut Vec::new())
 }
 

@@ -251,6 +251,7 @@ pub struct Decoder {
 pub struct Scratch {
     values: Vec<f64>,
     quantized: Vec<u64>,
+    coeffs: Vec<f64>,
     /// The four partial sums of the fast path, `[4][k − exact_k]`.
     parts: Vec<f32>,
 }
@@ -356,16 +357,10 @@ impl Decoder {
             b = &b[w..];
         }
         let tw = c.term_dtype.bytes();
-        let mut coeffs = [0f64; 16];
-        let mut coeffs_vec = Vec::new();
-        let coeffs: &mut [f64] = if self.terms <= 16 {
-            &mut coeffs[..self.terms]
-        } else {
-            coeffs_vec.resize(self.terms, 0.0);
-            &mut coeffs_vec
-        };
-        for cf in coeffs.iter_mut() {
-            *cf = c.term_dtype.read(b);
+        let coeffs = &mut scratch.coeffs;
+        coeffs.clear();
+        for _ in 0..self.terms {
+            coeffs.push(c.term_dtype.read(b));
             b = &b[tw..];
         }
         let approx = c.k - c.exact_k;

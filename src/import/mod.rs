@@ -627,10 +627,7 @@ pub fn run(opts: &ImportOptions, out: &mut dyn Write) -> Result<ImportSummary> {
                 }
             }
             if longest == 0 {
-                return Err(Error::flag(
-                    "(inputs)",
-                    "the capture files hold no document",
-                ));
+                return Err(no_documents(&files));
             }
             longest
         }
@@ -824,10 +821,7 @@ pub fn run(opts: &ImportOptions, out: &mut dyn Write) -> Result<ImportSummary> {
     })?;
     bar.finish_and_clear();
     if seq_id == 0 {
-        return Err(Error::flag(
-            "(inputs)",
-            "the capture files hold no document",
-        ));
+        return Err(no_documents(&files));
     }
     let (written_shards, place) = match (cache, &opts.out) {
         (Some(mut cache), Some(dir)) => {
@@ -888,52 +882,45 @@ pub fn run(opts: &ImportOptions, out: &mut dyn Write) -> Result<ImportSummary> {
     })
 }
 
+/// The error of a capture without a single document, naming its files.
+fn no_documents(files: &[PathBuf]) -> Error {
+    Error::EmptyCorpus {
+        files: files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        detail: "no row with input ids and entries".into(),
+    }
+}
+
 /// The input files: files as given, directories expanded (non-hidden files, sorted by name).
 fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    const CAPTURE_EXTENSIONS: [&str; 4] = [".parquet", ".jsonl", ".json", ".ndjson"];
     let mut files = Vec::new();
     for input in inputs {
-        let meta = std::fs::metadata(input).at(input)?;
-        if meta.is_dir() {
-            let mut found: Vec<PathBuf> = Vec::new();
-            collect(input, &mut found)?;
-            if found.is_empty() {
-                return Err(Error::corpus(
-                    input,
-                    "directory",
-                    "holds no .parquet or .jsonl file",
-                ));
-            }
-            files.extend(found);
-        } else {
+        if !std::fs::metadata(input).at(input)?.is_dir() {
             files.push(input.clone());
+            continue;
+        }
+        // A directory: the corpus walk (sorted, hidden files skipped, link loops refused), less
+        // what is not a capture (a dataset's README.md, its compression_config.yaml).
+        let mut below = Vec::new();
+        crate::corpus::walk_dir(input, &mut below)?;
+        let before = files.len();
+        files.extend(below.into_iter().filter(|p| {
+            let name = p.to_string_lossy();
+            CAPTURE_EXTENSIONS.iter().any(|x| name.ends_with(x))
+        }));
+        if files.len() == before {
+            return Err(Error::corpus(
+                input,
+                "directory",
+                "holds no .parquet or .jsonl file",
+            ));
         }
     }
     Ok(files)
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries = std::fs::read_dir(dir)
-        .at(dir)?
-        .collect::<std::io::Result<Vec<_>>>()
-        .at(dir)?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        let path = e.path();
-        if name.starts_with('.') {
-            continue;
-        }
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else if [".parquet", ".jsonl", ".json", ".ndjson"]
-            .iter()
-            .any(|x| name.ends_with(x))
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// The columns to read and the codec, from the flags and the first file's schema.

@@ -112,6 +112,19 @@ impl Fixture {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// A one-layer Qwen3 student (vocabulary 320, EOS 0, init seed `seed`) sharing the teacher's
+    /// tokenizer, written to `name` in the fixture's directory.
+    pub fn student(&self, name: &str, seed: u64) -> PathBuf {
+        let student = self.path(name);
+        let mut spec = TinySpec::new(Architecture::Qwen3, 320);
+        spec.seed = seed;
+        spec.layers = 1;
+        spec.eos_token_id = 0;
+        let tok = taidcache::corpus::load_tokenizer(&self.teacher.join("tokenizer.json")).unwrap();
+        write_tiny_model(&student, &spec, Some(&tok)).unwrap();
+        student
+    }
 }
 
 /// The CLI binary.

@@ -33,13 +33,7 @@ fn setup(docs: usize, k: Option<usize>) -> Setup {
     o.shard_rows = 8;
     o.progress = false;
     precompute::run(&o, &mut Vec::new()).unwrap();
-    let student = fx.path("student");
-    let mut spec = taidcache::testing::TinySpec::new(Architecture::Qwen3, 320);
-    spec.seed = 42;
-    spec.layers = 1;
-    spec.eos_token_id = 0;
-    let tok = taidcache::corpus::load_tokenizer(&fx.teacher.join("tokenizer.json")).unwrap();
-    taidcache::testing::write_tiny_model(&student, &spec, Some(&tok)).unwrap();
+    let student = fx.student("student", 42);
     Setup { fx, cache, student }
 }
 

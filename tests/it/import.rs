@@ -10,6 +10,17 @@ use arrow::datatypes::{Float32Type, UInt32Type, UInt8Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use taidcache::import::distillkit::{Compression, Decoder, Scratch};
 
+/// The golden compressed captures: five settings and a prepacked capture of the second one
+/// (`topvalues` is the uncompressed one).
+const GOLDEN: [&str; 6] = [
+    "budget",
+    "recommended",
+    "readme",
+    "bins",
+    "bf16terms",
+    "recommended-packed",
+];
+
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/distillkit")
@@ -104,14 +115,7 @@ fn decode_against_golden(name: &str, config: &str) -> Decoded {
 
 #[test]
 fn distillkit_captures_decode_to_distillkits_own_ids_and_log_probs() {
-    for name in [
-        "budget",
-        "recommended",
-        "readme",
-        "bins",
-        "bf16terms",
-        "recommended-packed",
-    ] {
+    for name in GOLDEN {
         let d = decode_against_golden(name, name.trim_end_matches("-packed"));
         println!(
             "{name}: {} positions, {} of {} log-probs bit-exact, max |diff| {:.2e}",
@@ -334,15 +338,7 @@ fn check_import_of(name: &str, dir: &Path, tok: &Path) {
 fn imported_golden_captures_hold_distillkits_values_aligned_with_the_stable_tail() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer_file(dir.path());
-    for name in [
-        "budget",
-        "recommended",
-        "readme",
-        "bins",
-        "bf16terms",
-        "recommended-packed",
-        "topvalues",
-    ] {
+    for name in GOLDEN.into_iter().chain(["topvalues"]) {
         check_import_of(name, dir.path(), &tok);
     }
     // The exact capture (f32 top-20) rebuilds the teacher's true tail: its log-probs are the
@@ -390,13 +386,7 @@ fn teacher(docs: usize) -> Teacher {
     o.shard_rows = 8;
     o.progress = false;
     taidcache::precompute::run(&o, &mut Vec::new()).unwrap();
-    let student = fx.path("student");
-    let mut spec = taidcache::testing::TinySpec::new(Architecture::Qwen3, 320);
-    spec.seed = 42;
-    spec.layers = 1;
-    spec.eos_token_id = 0;
-    let tok = taidcache::corpus::load_tokenizer(&fx.teacher.join("tokenizer.json")).unwrap();
-    taidcache::testing::write_tiny_model(&student, &spec, Some(&tok)).unwrap();
+    let student = fx.student("student", 42);
     Teacher { fx, cache, student }
 }
 
