@@ -34,13 +34,13 @@ soak:
 	$(CARGO) build --release --locked
 	$(PYTHON) benches/soak.py --bin $(or $(CARGO_TARGET_DIR),target)/release/taidcache --kills $(SOAK_KILLS)
 
-## demo: the whole product on a generated corpus (tokenizer, teacher, cache, three students, plot) into demo-out/
+## demo: the whole product on a generated corpus (tokenizer, a teacher on 3,000 documents, its cache of 300, four students, table, plots) into demo-out/
 DEMO_OUT ?= demo-out
 demo:
 	rm -rf $(DEMO_OUT)
 	$(CARGO) run --release --locked -- demo --out $(DEMO_OUT)
 
-## replicate: the paper's teacher-size comparison in miniature (3 teachers × taid/kl/rkl/ce students) into docs/replication.md
+## replicate: the paper's Figure 2 and Table 1 in miniature (3 teachers × taid/kl/rkl/tvd/skew-kl/ce students × 3 seeds, and an α sweep of TAID's t) into docs/replication.md
 replicate:
 	rm -rf replicate-out
 	$(CARGO) run --release --locked -- demo --out replicate-out --sizes pipelines/replicate.json --report docs/replication.md

@@ -34,6 +34,10 @@ pub struct MetricsLine {
     pub loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t: Option<f64>,
+    /// TAID's linear lower bound `t_lin` at this step (training lines of TAID runs): where t
+    /// sits above it, the adaptive term of Algorithm 1 moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t_floor: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +54,14 @@ pub struct MetricsLine {
     /// Held-out KL(teacher ‖ student) on the cached top-k (evaluation lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl_teacher: Option<f64>,
+    /// Held-out expected calibration error of the student's top-1 probability, 15 bins
+    /// (evaluation lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<f64>,
+    /// Held-out share of positions where the student's top-1 token is the teacher's
+    /// (evaluation lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
 }
 
 impl MetricsLine {

@@ -11,6 +11,7 @@
 //! [`run`] only orchestrates: it opens the cache and the student, resumes, and drives a
 //! [`Trainer`] over the [`Loader`]'s batches.
 
+pub mod calibration;
 pub mod checkpoint;
 mod cpu_head;
 pub mod device;
@@ -66,6 +67,10 @@ pub struct DistillSummary {
 pub struct EvalSummary {
     pub ce: f64,
     pub kl_teacher: f64,
+    /// Expected calibration error of the student's top-1 probability (15 bins).
+    pub ece: Option<f64>,
+    /// Share of positions where the student's top-1 token is the teacher's.
+    pub top1_agreement: Option<f64>,
 }
 
 /// Open `--cache` (or `--eval-cache`, named by `flag`): a directory holding a complete cache.
@@ -259,12 +264,21 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
             LoaderOptions::eval(opts.batch_size),
             Cursor::default(),
         )?;
-        let s = trainer.eval(&mut loader)?;
+        let (s, calibration) = trainer.eval(&mut loader)?;
         let e = EvalSummary {
             ce: s.ce(),
             kl_teacher: s.kl(),
+            ece: calibration.ece(),
+            top1_agreement: calibration.top1_agreement(),
         };
-        metrics::append(&metrics, &MetricsLine::eval(step, e.ce, e.kl_teacher, t))?;
+        metrics::append(
+            &metrics,
+            &MetricsLine {
+                ece: e.ece,
+                top1_agreement: e.top1_agreement,
+                ..MetricsLine::eval(step, e.ce, e.kl_teacher, t)
+            },
+        )?;
         Ok(Some(e))
     };
     if trainer.state().step == 0 && opts.eval_every > 0 {
@@ -292,6 +306,11 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
                 objective: Some(opts.objective),
                 loss: Some(report.loss),
                 t: Some(report.t),
+                // The floor the step's t was bounded by: t_lin after the previous step.
+                t_floor: opts
+                    .objective
+                    .is_taid()
+                    .then(|| state.schedule.t_linear(step - 1).min(opts.t_end)),
                 lr: Some(report.lr),
                 tokens: Some(state.tokens),
                 grad_norm: Some(report.grad_norm),
@@ -369,6 +388,8 @@ fn finished_summary(metrics: &Path, steps: u64) -> Result<DistillSummary> {
         .map(|l| EvalSummary {
             ce: l.ce.unwrap_or(f64::NAN),
             kl_teacher: l.kl_teacher.unwrap_or(f64::NAN),
+            ece: l.ece,
+            top1_agreement: l.top1_agreement,
         });
     Ok(DistillSummary {
         steps,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
+use super::calibration::Calibration;
 use super::checkpoint::{self, TrainerState};
 use super::device::{self, DeviceBatch, DeviceSums, StepPath};
 use super::loader::{Batch, Cursor, Loader};
@@ -357,13 +358,14 @@ fn for_each_chunk(
     Ok(())
 }
 
-/// Evaluate the student on every batch of `loader`: CE on the tokens, KL from the cached teacher.
+/// Evaluate the student on every batch of `loader`: CE on the tokens, KL from the cached
+/// teacher, and its calibration and top-1 agreement with the teacher.
 pub fn evaluate(
     student: &Student,
     loader: &mut Loader,
     tail: super::targets::TailMode,
     path: StepPath,
-) -> Result<StepStats> {
+) -> Result<(StepStats, Calibration)> {
     if path == StepPath::Device {
         return evaluate_device(student, loader, tail);
     }
@@ -378,6 +380,7 @@ pub fn evaluate(
     let vocab = student.config.vocab_size;
     let w = student.lm_head_var().as_tensor().detach();
     let mut stats = StepStats::default();
+    let mut calibration = Calibration::default();
     while let Some(batch) = loader.next_batch() {
         let Batch { data, .. } = batch?;
         let (b, s) = (data.rows(), data.seq_len);
@@ -391,11 +394,15 @@ pub fn evaluate(
             .ctx("eval")?;
         for_each_chunk(&hidden, &w, &data, vocab, |_, chunk| {
             stats.add(&objectives::loss_only(&cfg, &chunk));
+            let k = chunk.k;
+            calibration.add_host(chunk.logits, vocab, chunk.labels, chunk.mask, |i| {
+                chunk.ids[i * k]
+            });
             Ok(())
         })?;
         loader.recycle(data);
     }
-    Ok(stats)
+    Ok((stats, calibration))
 }
 
 /// [`evaluate`] on the device path: the sums stay on the device until the end.
@@ -403,7 +410,7 @@ fn evaluate_device(
     student: &Student,
     loader: &mut Loader,
     tail: super::targets::TailMode,
-) -> Result<StepStats> {
+) -> Result<(StepStats, Calibration)> {
     let cfg = LossConfig {
         objective: Objective::Kl,
         tail,
@@ -420,12 +427,14 @@ fn evaluate_device(
         .t()
         .ctx("lm_head")?;
     let mut stats = StepStats::default();
+    let mut calibration = Calibration::default();
     let mut sums = DeviceSums::new();
     while let Some(batch) = loader.next_batch() {
         let Batch { data, .. } = batch?;
         let (b, s) = (data.rows(), data.seq_len);
         let ids = device::traffic::upload(&data.input_ids, (b, s), &device).ctx("eval input")?;
         let records = DeviceBatch::upload(&data, &device)?;
+        let labels = labels(&data);
         let hidden = student
             .model
             .forward_hidden(&ids, Mode::Infer)
@@ -442,12 +451,19 @@ fn evaluate_device(
                 .and_then(|h| h.matmul(&wt))
                 .ctx("lm_head")?;
             sums.add(device::loss::chunk(&cfg, &logits, &records.chunk(start, n)?, None)?.0)?;
+            let k = data.k;
+            calibration.add_tensor(
+                &logits,
+                &labels[start..start + n],
+                &data.loss_mask[start..start + n],
+                |i| data.topk_ids[(start + i) * k],
+            )?;
             start += n;
         }
         stats.add(&counts(&data));
         loader.recycle(data);
     }
-    Ok(with_sums(stats, sums.read()?))
+    Ok((with_sums(stats, sums.read()?), calibration))
 }
 
 /// What one optimizer step did.
@@ -635,8 +651,9 @@ impl Trainer {
         })
     }
 
-    /// Held-out CE and KL from the teacher over every batch of `loader`.
-    pub fn eval(&self, loader: &mut Loader) -> Result<StepStats> {
+    /// Held-out CE and KL from the teacher, calibration and top-1 agreement, over every batch
+    /// of `loader`.
+    pub fn eval(&self, loader: &mut Loader) -> Result<(StepStats, Calibration)> {
         evaluate(&self.student, loader, self.opts.tail, self.path)
     }
 

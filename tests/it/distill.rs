@@ -487,7 +487,16 @@ fn the_device_step_path_from_the_cli_tracks_the_host_path_and_a_bad_switch_is_na
     assert_eq!(host.len(), device.len(), "metrics line counts differ");
     let mut compared = 0;
     for (h, d) in host.iter().zip(&device) {
-        for key in ["loss", "grad_norm", "train_ce", "t", "ce", "kl_teacher"] {
+        for key in [
+            "loss",
+            "grad_norm",
+            "train_ce",
+            "t",
+            "ce",
+            "kl_teacher",
+            "ece",
+            "top1_agreement",
+        ] {
             if let (Some(a), Some(b)) = (h[key].as_f64(), d[key].as_f64()) {
                 assert!(
                     (a - b).abs() <= 1e-5 * a.abs().max(1e-3),
@@ -498,8 +507,9 @@ fn the_device_step_path_from_the_cli_tracks_the_host_path_and_a_bad_switch_is_na
             }
         }
     }
-    // 12 training lines of 4 values, 4 eval lines (steps 0, 5, 10, 12) of 3.
-    assert_eq!(compared, 12 * 4 + 4 * 3, "values compared");
+    // 12 training lines of 4 values, 4 eval lines (steps 0, 5, 10, 12) of 5 (t, ce,
+    // kl_teacher, ece, top1_agreement).
+    assert_eq!(compared, 12 * 4 + 4 * 5, "values compared");
 
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
         .args(cli_args(&s, &s.fx.path("bad"), 12, &[]))
