@@ -605,9 +605,9 @@ pub fn write_report(report: &Path, summary: &DemoSummary, command: &str) -> Resu
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("plot.svg");
-        std::fs::copy(plot, figures.join(name)).at(plot)?;
-        // Each plot is written as SVG and PNG: both are copied, the SVG is shown.
+        // Each plot is written as SVG and PNG; the report shows (and keeps) the SVG.
         if name.ends_with(".svg") {
+            std::fs::copy(plot, figures.join(name)).at(plot)?;
             writeln!(body, "![{name}]({stem}/{name})\n").at(report)?;
         }
     }
