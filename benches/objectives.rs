@@ -1,7 +1,8 @@
 //! Sparse TAID loss + gradient against plain next-token cross-entropy on the same logits
 //! (vocab 32,000 and 151,936, k = 50), both through `distill::objectives::loss_and_grad`, in
 //! positions per second. CE is the floor: it needs the same max, log-sum-exp and one-exp-per-id
-//! gradient pass that TAID does.
+//! gradient pass that TAID does. `taid-sampled` is TAID on the top-k plus 16 tail draws per
+//! position (`precompute --tail-samples 16`, `distill --tail sampled`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use taidcache::distill::objectives::{loss_and_grad, Chunk, LossConfig, Objective};
@@ -10,6 +11,8 @@ use taidcache::testing::Normal;
 
 const POSITIONS: usize = 64;
 const K: usize = 50;
+/// Tail draws per position of the `taid-sampled` row.
+const DRAWS: usize = 16;
 
 struct Data {
     logits: Vec<f32>,
@@ -18,6 +21,8 @@ struct Data {
     tail: Vec<f32>,
     mask: Vec<bool>,
     labels: Vec<Option<u32>>,
+    draw_ids: Vec<u32>,
+    draw_logprobs: Vec<f32>,
 }
 
 fn data(vocab: usize) -> Data {
@@ -33,7 +38,28 @@ fn data(vocab: usize) -> Data {
             logprobs.push(-(1.0 + j as f32 * 0.1) - (p % 3) as f32 * 0.01);
         }
     }
+    // Draws: ascending ids outside the top-k (ids of the form 997j + start are skipped), a few
+    // repeated, with log-probs below the k-th.
+    let mut draw_ids = Vec::with_capacity(POSITIONS * DRAWS);
+    let mut draw_logprobs = Vec::with_capacity(POSITIONS * DRAWS);
+    for p in 0..POSITIONS {
+        let top = &ids[p * K..(p + 1) * K];
+        let mut d: Vec<u32> = (0..DRAWS)
+            .map(|j| {
+                let mut y = ((p * 7919 + (j / 2) * 4099 + 1) % vocab) as u32;
+                while top.contains(&y) {
+                    y = (y + 1) % vocab as u32;
+                }
+                y
+            })
+            .collect();
+        d.sort_unstable();
+        draw_logprobs.extend(d.iter().map(|&y| -8.0 - (y % 7) as f32 * 0.5));
+        draw_ids.extend(d);
+    }
     Data {
+        draw_ids,
+        draw_logprobs,
         logits,
         ids,
         logprobs,
@@ -59,6 +85,9 @@ fn bench(c: &mut Criterion) {
             tail: &d.tail,
             mask: &d.mask,
             labels: &d.labels,
+            draws: DRAWS,
+            draw_ids: &d.draw_ids,
+            draw_logprobs: &d.draw_logprobs,
         };
         let mut grad = vec![0f32; POSITIONS * vocab];
         group.throughput(Throughput::Elements(POSITIONS as u64));
@@ -67,6 +96,7 @@ fn bench(c: &mut Criterion) {
             ("taid-student", Objective::Taid, TailMode::Student),
             ("taid-uniform", Objective::Taid, TailMode::Uniform),
             ("taid-renorm", Objective::Taid, TailMode::Renorm),
+            ("taid-sampled", Objective::Taid, TailMode::Sampled),
         ] {
             let cfg = LossConfig {
                 objective,

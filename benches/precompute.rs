@@ -14,6 +14,9 @@
 //! the order full, forward, forward, full, ..., because on a shared machine two groups measured
 //! a minute apart can drift by 10% apart from any code change: the median of the per-round
 //! ratios full / forward goes to `target/bench-results/precompute.json` for `make bench`.
+//!
+//! `precompute-draws`: the same whole run with `--tail-samples 16` against without, paired the
+//! same way (`target/bench-results/precompute-draws.json`): what the tail draws add.
 
 #[path = "common/paired.rs"]
 mod paired;
@@ -69,6 +72,8 @@ const PAIRS: usize = 6;
 struct Setup {
     _dir: tempfile::TempDir,
     opts: PrecomputeOptions,
+    /// `opts` with 16 tail draws per position, into another directory.
+    draws: PrecomputeOptions,
     one: PrecomputeOptions,
     sequences: usize,
     teacher: taidcache::model::Decoder,
@@ -82,6 +87,9 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let opts = fixture(dir.path(), SEQS);
     let one = fixture(dir.path(), 1);
+    let mut draws = opts.clone();
+    draws.tail_samples = 16;
+    draws.out = dir.path().join("cache-draws");
     // One run to learn the number of sequences the corpus packs into.
     let summary = precompute::run(&opts, &mut Vec::new()).unwrap();
     let sequences = summary.total_sequences as usize;
@@ -97,6 +105,7 @@ fn setup() -> Setup {
     Setup {
         _dir: dir,
         opts,
+        draws,
         one,
         sequences,
         teacher,
@@ -110,9 +119,14 @@ impl Setup {
         precompute::run(&self.opts, &mut Vec::new()).unwrap();
     }
 
+    fn with_draws(&self) {
+        let _ = std::fs::remove_dir_all(&self.draws.out);
+        precompute::run(&self.draws, &mut Vec::new()).unwrap();
+    }
+
     fn forward_only(&self) {
         for _ in 0..self.sequences.div_ceil(BATCH) {
-            precompute::forward_chunks(&self.teacher, &self.ids, 50, |chunk| {
+            precompute::forward_chunks(&self.teacher, &self.ids, 50, false, |chunk| {
                 std::hint::black_box(chunk);
                 Ok(())
             })
@@ -146,6 +160,15 @@ fn paired() {
     s.forward_only();
     let (full, fwd) = paired::alternate(PAIRS, || s.full(), || s.forward_only());
     paired::record("precompute", ["full", "forward_only"], "s", &full, &fwd);
+    s.with_draws();
+    let (draws, full) = paired::alternate(PAIRS, || s.with_draws(), || s.full());
+    paired::record(
+        "precompute-draws",
+        ["draws_16", "no_draws"],
+        "s",
+        &draws,
+        &full,
+    );
 }
 
 criterion_group!(benches, bench);

@@ -29,6 +29,7 @@ fn bench(c: &mut Criterion) {
             row_group_rows: default_row_group_rows(SEQ_LEN, K),
             metadata: Vec::new(),
             encoding,
+            tail_draws: 0,
         };
         let name = match encoding {
             Encoding::Plain => "zstd",

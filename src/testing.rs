@@ -101,6 +101,7 @@ pub fn sample_manifest(shards: u64, rows: u64) -> crate::cache::manifest::Manife
         dtype: "f32".into(),
         temperature: 1.0,
         value_encoding: crate::cache::VALUE_ENCODING_F16.into(),
+        tail_draws: 0,
         worker: None,
         complete: true,
         total_sequences: Some(shards * rows),

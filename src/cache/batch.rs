@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use half::f16;
 
 use super::encoding::{Codec, Encoding};
-use super::schema::{self, arrow_schema_for};
+use super::schema::{self, arrow_schema_with};
 use crate::error::{Error, Result};
 
 /// Rows of one shard in flat, row-major buffers; `seq_len` (S) and `k` are fixed per shard.
@@ -36,6 +36,12 @@ pub struct ShardBatch {
     pub topk_logprobs: Vec<f16>,
     /// [rows * S]
     pub tail_logmass: Vec<f32>,
+    /// Tail draws per position (`precompute --tail-samples N`; 0 in a cache without them).
+    pub draws: usize,
+    /// [rows * S * draws]: per position ascending, repeats adjacent.
+    pub draw_ids: Vec<u32>,
+    /// [rows * S * draws]: the teacher's log-prob of each draw.
+    pub draw_logprobs: Vec<f16>,
 }
 
 impl ShardBatch {
@@ -49,6 +55,9 @@ impl ShardBatch {
             topk_ids: Vec::new(),
             topk_logprobs: Vec::new(),
             tail_logmass: Vec::new(),
+            draws: 0,
+            draw_ids: Vec::new(),
+            draw_logprobs: Vec::new(),
         }
     }
 
@@ -64,6 +73,9 @@ impl ShardBatch {
             topk_ids: Vec::with_capacity(positions * k),
             topk_logprobs: Vec::with_capacity(positions * k),
             tail_logmass: Vec::with_capacity(positions),
+            draws: 0,
+            draw_ids: Vec::new(),
+            draw_logprobs: Vec::new(),
         }
     }
 
@@ -79,6 +91,8 @@ impl ShardBatch {
         self.topk_ids.extend_from_slice(&other.topk_ids);
         self.topk_logprobs.extend_from_slice(&other.topk_logprobs);
         self.tail_logmass.extend_from_slice(&other.tail_logmass);
+        self.draw_ids.extend_from_slice(&other.draw_ids);
+        self.draw_logprobs.extend_from_slice(&other.draw_logprobs);
     }
 
     /// Drop the first `n` rows.
@@ -90,6 +104,8 @@ impl ShardBatch {
         self.topk_ids.drain(..n * s * k);
         self.topk_logprobs.drain(..n * s * k);
         self.tail_logmass.drain(..n * s);
+        self.draw_ids.drain(..n * s * self.draws);
+        self.draw_logprobs.drain(..n * s * self.draws);
     }
 
     /// Drop the rows, keep the capacity.
@@ -100,6 +116,8 @@ impl ShardBatch {
         self.topk_ids.clear();
         self.topk_logprobs.clear();
         self.tail_logmass.clear();
+        self.draw_ids.clear();
+        self.draw_logprobs.clear();
     }
 
     /// Check that every buffer has the length `rows()`, S and k imply.
@@ -111,6 +129,12 @@ impl ShardBatch {
             ("topk_ids", self.topk_ids.len(), rows * s * k),
             ("topk_logprobs", self.topk_logprobs.len(), rows * s * k),
             ("tail_logmass", self.tail_logmass.len(), rows * s),
+            ("draw_ids", self.draw_ids.len(), rows * s * self.draws),
+            (
+                "draw_logprobs",
+                self.draw_logprobs.len(),
+                rows * s * self.draws,
+            ),
         ];
         for (name, found, expected) in checks {
             if found != expected {
@@ -153,7 +177,7 @@ impl ShardBatch {
                 "{n} rows of {s} positions overflow 32-bit list offsets; write fewer rows per row group"
             )));
         }
-        let schema = arrow_schema_for(k, encoding);
+        let schema = arrow_schema_with(k, encoding, self.draws);
         let pos = range.start * s..range.end * s;
         let val = range.start * s * k..range.end * s * k;
         let offsets = OffsetBuffer::new((0..=n).map(|r| (r * s) as i32).collect());
@@ -165,12 +189,12 @@ impl ShardBatch {
             ))
         };
         let fixed = |col: &str, values: ArrayRef| -> Result<ArrayRef> {
-            let field = match item_field(&schema, col).data_type() {
-                DataType::FixedSizeList(f, _) => f.clone(),
+            let (field, size) = match item_field(&schema, col).data_type() {
+                DataType::FixedSizeList(f, size) => (f.clone(), *size),
                 other => return Err(internal(format!("{col}: unexpected item type {other}"))),
             };
             Ok(Arc::new(
-                FixedSizeListArray::try_new(field, k as i32, values, None)
+                FixedSizeListArray::try_new(field, size, values, None)
                     .map_err(|e| internal(format!("{col}: {e}")))?,
             ))
         };
@@ -184,8 +208,8 @@ impl ShardBatch {
             schema::ids_column(encoding),
             schema::values_column(encoding),
         );
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt64Array::from(self.seq_ids[range].to_vec())),
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(self.seq_ids[range.clone()].to_vec())),
             list(
                 schema::INPUT_IDS,
                 Arc::new(UInt32Array::from(self.input_ids[pos.clone()].to_vec())),
@@ -201,6 +225,34 @@ impl ShardBatch {
                 Arc::new(Float32Array::from(self.tail_logmass[pos].to_vec())),
             )?,
         ];
+        if self.draws > 0 {
+            let d = self.draws;
+            let draws = range.start * s * d..range.end * s * d;
+            let ids = &self.draw_ids[draws.clone()];
+            let ids: Vec<u32> = if encoding.sorted_by_id() {
+                ids.chunks(d)
+                    .flat_map(|p| {
+                        std::iter::once(p[0]).chain(p.windows(2).map(|w| w[1].wrapping_sub(w[0])))
+                    })
+                    .collect()
+            } else {
+                ids.to_vec()
+            };
+            let ids_name = schema::draw_ids_column(encoding);
+            columns.push(list(
+                ids_name,
+                fixed(ids_name, Arc::new(UInt32Array::from(ids)))?,
+            )?);
+            columns.push(list(
+                schema::DRAW_LOGPROBS,
+                fixed(
+                    schema::DRAW_LOGPROBS,
+                    Arc::new(arrow::array::Float16Array::from(
+                        self.draw_logprobs[draws].to_vec(),
+                    )),
+                )?,
+            )?);
+        }
         RecordBatch::try_new(schema, columns).map_err(|e| internal(e.to_string()))
     }
 }
@@ -216,6 +268,7 @@ pub(crate) fn item_field(schema: &Schema, col: &str) -> FieldRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::schema::arrow_schema_for;
 
     #[test]
     fn every_encoding_builds_batches_of_its_own_schema() {

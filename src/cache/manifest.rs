@@ -39,6 +39,10 @@ pub struct Manifest {
     pub temperature: f32,
     /// Encoding of `topk_logprobs`: `f16` in format v1.
     pub value_encoding: String,
+    /// Tail draws per position (`precompute --tail-samples N`): present, and above 0, exactly in
+    /// formats v4 and v5.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tail_draws: usize,
     /// Set in a worker's partial manifest.
     pub worker: Option<WorkerInfo>,
     /// True once the whole corpus (for a worker: its share) is written.
@@ -52,6 +56,10 @@ pub struct Manifest {
     /// `teacher.config_sha256` and `corpus` already hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<ImportInfo>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Where an imported cache came from (`taidcache import`).
@@ -203,6 +211,19 @@ impl Manifest {
                     ),
                 ));
             }
+        }
+        let has_draws = Encoding::version_has_draws(self.format_version.into());
+        if has_draws != (self.tail_draws > 0) {
+            return Err(Error::field(
+                path,
+                "tail_draws",
+                format!(
+                    "is {} in a format v{} manifest, which {} tail draws",
+                    self.tail_draws,
+                    self.format_version,
+                    if has_draws { "has" } else { "has no" }
+                ),
+            ));
         }
         if self.top_k == 0 || self.top_k > self.vocab_size {
             return Err(Error::field(
@@ -382,6 +403,7 @@ impl Manifest {
         })
         .or_else(|| same("packing.shard_rows", &p.shard_rows, &q.shard_rows))
         .or_else(|| same("top_k", &self.top_k, &other.top_k))
+        .or_else(|| same("tail_draws", &self.tail_draws, &other.tail_draws))
         .or_else(|| same("vocab_size", &self.vocab_size, &other.vocab_size))
         .or_else(|| same("dtype", &self.dtype, &other.dtype))
         // Exact: the same flag value always parses to the same f32.
@@ -579,13 +601,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.json");
         let mut value = serde_json::to_value(sample_manifest(1, 2)).unwrap();
-        value["format_version"] = 4.into();
+        value["format_version"] = 6.into();
         // A future version may also change the shape; the version error must come first.
         value["shards"] = serde_json::json!("renamed");
         std::fs::write(&path, value.to_string()).unwrap();
         let err = Manifest::load(&path).unwrap_err().to_string();
         assert!(
-            err.contains("cache format version 4, this taidcache reads 1, 2 and 3"),
+            err.contains("cache format version 6, this taidcache reads 1, 2, 3, 4 and 5"),
             "{err}"
         );
     }
@@ -652,10 +674,15 @@ mod tests {
             (1, include_str!("../../schemas/v1/manifest.schema.json")),
             (2, include_str!("../../schemas/v2/manifest.schema.json")),
             (3, include_str!("../../schemas/v3/manifest.schema.json")),
+            (4, include_str!("../../schemas/v4/manifest.schema.json")),
+            (5, include_str!("../../schemas/v5/manifest.schema.json")),
         ];
         for (version, text) in schemas {
             let schema: serde_json::Value = serde_json::from_str(text).unwrap();
             let mut m = sample_manifest(1, 2);
+            if version >= 4 {
+                m.tail_draws = 16;
+            }
             m.worker = Some(WorkerInfo { index: 0, count: 1 });
             m.import = Some(ImportInfo {
                 source: "distillkit".into(),
@@ -746,6 +773,52 @@ mod tests {
         old.save_atomic(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("weights_xxh3"), "None is not written");
+    }
+
+    #[test]
+    fn tail_draws_must_agree_with_the_format_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        for (version, draws, ok) in [
+            (1u32, 0usize, true),
+            (4, 16, true),
+            (5, 1, true),
+            (4, 0, false),
+            (1, 16, false),
+            (3, 8, false),
+        ] {
+            let mut m = sample_manifest(1, 2);
+            m.format_version = version;
+            m.tail_draws = draws;
+            std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+            match Manifest::load(&path) {
+                Ok(loaded) => {
+                    assert!(ok, "v{version} with {draws} draws loaded");
+                    assert_eq!(loaded.tail_draws, draws);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !ok && e.contains("field `tail_draws`"),
+                        "v{version}, {draws}: {e}"
+                    );
+                }
+            }
+        }
+        // Resuming or merging with another draw count is another cache.
+        let a = sample_manifest(1, 2);
+        let mut b = a.clone();
+        (b.format_version, b.tail_draws) = (4, 16);
+        let mut c = b.clone();
+        c.tail_draws = 8;
+        assert_eq!(
+            b.identity_matches(&c),
+            Err("tail_draws differs: 16 vs 8".to_string())
+        );
+        assert!(a
+            .identity_matches(&b)
+            .unwrap_err()
+            .starts_with("format_version"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use parquet::arrow::ProjectionMask;
 
 use super::batch::ShardBatch;
 use super::encoding::{Codec, Encoding, Values};
-use super::schema::{self, check_schema_for, top_k_of};
+use super::schema::{self, check_schema_with, top_k_of};
 use crate::error::{Error, IoContext, Result};
 
 /// An open, memory-mapped shard of any format this build reads. Cheap to share across threads (`&self` reads).
@@ -40,6 +40,8 @@ pub struct ShardReader {
     metadata: ArrowReaderMetadata,
     k: usize,
     seq_len: usize,
+    /// Tail draws per position (formats v4 and v5), else 0.
+    draws: usize,
     /// The shard's encoding with its footer's parameters.
     codec: Codec,
 }
@@ -69,6 +71,7 @@ impl ShardReader {
             metadata,
             k: 0,
             seq_len: 0,
+            draws: 0,
             codec: Codec::for_writing(Encoding::Plain),
         };
         let version = reader.required_number(schema::META_FORMAT_VERSION)?;
@@ -95,7 +98,19 @@ impl ShardReader {
                 ));
             }
         }
-        check_schema_for(&arrow, reader.k, encoding)
+        if Encoding::version_has_draws(version as u64) {
+            reader.draws = reader.required_number(schema::META_TAIL_DRAWS)?;
+            if reader.draws == 0 {
+                return Err(Error::cache(
+                    path,
+                    format!(
+                        "footer metadata `{}` is 0 in a format v{version} shard (tail draws)",
+                        schema::META_TAIL_DRAWS
+                    ),
+                ));
+            }
+        }
+        check_schema_with(&arrow, reader.k, encoding, reader.draws)
             .map_err(|msg| Error::cache(path, format!("not a v{version} shard: {msg}")))?;
         Ok(reader)
     }
@@ -149,6 +164,11 @@ impl ShardReader {
 
     pub fn seq_len(&self) -> usize {
         self.seq_len
+    }
+
+    /// Tail draws per position (`precompute --tail-samples`), 0 in a shard without them.
+    pub fn tail_draws(&self) -> usize {
+        self.draws
     }
 
     /// Plain (format v1), steps (v2) or compact (v3), from the footer.
@@ -288,6 +308,28 @@ impl ShardReader {
         let tail = col.list(schema::TAIL_LOGMASS)?;
         out.tail_logmass
             .extend_from_slice(col.primitive::<Float32Type>(&tail, schema::TAIL_LOGMASS)?);
+
+        out.draws = self.draws;
+        if self.draws > 0 {
+            let d = self.draws;
+            let name = schema::draw_ids_column(encoding);
+            let ids = col.fixed(col.list(name)?, name)?;
+            let ids = col.primitive::<UInt32Type>(&ids, name)?;
+            if encoding.sorted_by_id() {
+                for gaps in ids.chunks(d) {
+                    let mut id = 0u32;
+                    for (j, &g) in gaps.iter().enumerate() {
+                        id = if j == 0 { g } else { id.wrapping_add(g) };
+                        out.draw_ids.push(id);
+                    }
+                }
+            } else {
+                out.draw_ids.extend_from_slice(ids);
+            }
+            let lps = col.fixed(col.list(schema::DRAW_LOGPROBS)?, schema::DRAW_LOGPROBS)?;
+            out.draw_logprobs
+                .extend_from_slice(col.primitive::<Float16Type>(&lps, schema::DRAW_LOGPROBS)?);
+        }
 
         out.check_lengths()
             .map_err(|msg| Error::cache(&self.path, format!("row group {i}: {msg}")))

@@ -36,6 +36,25 @@ pub const TOPK_ID_GAPS: &str = "topk_id_gaps";
 /// [`META_LOGPROB_LEVELS`] lists the log-prob of every level.
 pub const TOPK_LOGPROB_LEVELS: &str = "topk_logprob_levels";
 
+/// Formats v4 and v5 (tail draws, `precompute --tail-samples N`), plain: `list<fixed_size_list<uint32>[N]>`,
+/// each position's N draws from the teacher's tail, ascending by id, repeats adjacent.
+pub const DRAW_IDS: &str = "tail_draw_ids";
+/// Format v5 (compact with tail draws) instead of [`DRAW_IDS`]: the same ids as gaps (the first
+/// id, then differences to the previous; a repeat is a gap of 0).
+pub const DRAW_ID_GAPS: &str = "tail_draw_id_gaps";
+/// Formats v4 and v5: `list<fixed_size_list<float16>[N]>`, the teacher's log-prob of each draw
+/// (at most the k-th top-k log-prob; −∞ with the id `vocab_size` where the tail is empty).
+pub const DRAW_LOGPROBS: &str = "tail_draw_logprobs";
+
+/// The draws' id column of `encoding`.
+pub fn draw_ids_column(encoding: Encoding) -> &'static str {
+    if encoding.sorted_by_id() {
+        DRAW_ID_GAPS
+    } else {
+        DRAW_IDS
+    }
+}
+
 /// The v1 columns in file order.
 pub const COLUMNS: [&str; 6] = [
     SEQ_ID,
@@ -85,6 +104,9 @@ pub fn values_column(encoding: Encoding) -> &'static str {
     columns(encoding)[4]
 }
 
+/// Formats v4 and v5: the number N of tail draws per position.
+pub const META_TAIL_DRAWS: &str = "taidcache.tail_draws";
+
 /// Footer key-value metadata (Parquet `key_value_metadata`), so one shard explains itself.
 pub const META_FORMAT_VERSION: &str = "taidcache.format_version";
 pub const META_TOP_K: &str = "taidcache.top_k";
@@ -124,11 +146,17 @@ pub fn arrow_schema(k: usize) -> SchemaRef {
 
 /// The exact schema of `encoding` (v1, v2 or v3) for top-k `k`.
 pub fn arrow_schema_for(k: usize, encoding: Encoding) -> SchemaRef {
+    arrow_schema_with(k, encoding, 0)
+}
+
+/// The exact schema of `encoding` for top-k `k` and `draws` tail draws per position (formats
+/// v4 and v5 when `draws` > 0: the two draw columns after the v1 or v3 columns).
+pub fn arrow_schema_with(k: usize, encoding: Encoding, draws: usize) -> SchemaRef {
     let value_type = match encoding {
         Encoding::Plain => DataType::Float16,
         Encoding::Steps | Encoding::Compact => DataType::UInt8,
     };
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new(SEQ_ID, DataType::UInt64, false),
         Field::new(INPUT_IDS, list_of(DataType::UInt32), false),
         Field::new(LOSS_MASK, list_of(DataType::Boolean), false),
@@ -143,7 +171,20 @@ pub fn arrow_schema_for(k: usize, encoding: Encoding) -> SchemaRef {
             false,
         ),
         Field::new(TAIL_LOGMASS, list_of(DataType::Float32), false),
-    ]))
+    ];
+    if draws > 0 {
+        fields.push(Field::new(
+            draw_ids_column(encoding),
+            list_of(fixed_list_of(DataType::UInt32, draws)),
+            false,
+        ));
+        fields.push(Field::new(
+            DRAW_LOGPROBS,
+            list_of(fixed_list_of(DataType::Float16, draws)),
+            false,
+        ));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// A stable JSON description of `schema`: `{"fields": [{"name", "type", "nullable"}]}` where a
@@ -209,8 +250,20 @@ pub fn check_schema_for(
     k: usize,
     encoding: Encoding,
 ) -> std::result::Result<(), String> {
-    let version = encoding.format_version();
-    let expected = arrow_schema_for(k, encoding);
+    check_schema_with(found, k, encoding, 0)
+}
+
+/// [`check_schema`] for the format of `encoding` with `draws` tail draws per position.
+pub fn check_schema_with(
+    found: &Schema,
+    k: usize,
+    encoding: Encoding,
+    draws: usize,
+) -> std::result::Result<(), String> {
+    let version = encoding
+        .format_version_with(draws)
+        .unwrap_or(encoding.format_version());
+    let expected = arrow_schema_with(k, encoding, draws);
     let names = |s: &Schema| {
         s.fields()
             .iter()
@@ -229,10 +282,15 @@ pub fn check_schema_for(
         if field_json(e) != field_json(f) {
             let null = |f: &Field| if f.is_nullable() { "" } else { " not null" };
             return Err(format!(
-                "column `{}` is {}{}, format v{version} with k = {k} has {}{}",
+                "column `{}` is {}{}, format v{version} with k = {k}{} has {}{}",
                 e.name(),
                 type_string(f.data_type()),
                 null(f),
+                if draws > 0 {
+                    format!(" and {draws} tail draws")
+                } else {
+                    String::new()
+                },
                 type_string(e.data_type()),
                 null(e)
             ));
@@ -281,6 +339,62 @@ mod tests {
     const SHARD_SCHEMA_FILE: &str = include_str!("../../schemas/v1/shard.schema.json");
     const SHARD_SCHEMA_FILE_V2: &str = include_str!("../../schemas/v2/shard.schema.json");
     const SHARD_SCHEMA_FILE_V3: &str = include_str!("../../schemas/v3/shard.schema.json");
+    const SHARD_SCHEMA_FILE_V4: &str = include_str!("../../schemas/v4/shard.schema.json");
+    const SHARD_SCHEMA_FILE_V5: &str = include_str!("../../schemas/v5/shard.schema.json");
+
+    /// Replace every `"size": "n"` of the template by the number of draws.
+    fn instantiate_draws(template: &Value, n: usize) -> Value {
+        match template {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(key, v)| {
+                        let v = if key == "size" && v == "n" {
+                            json!(n)
+                        } else {
+                            instantiate_draws(v, n)
+                        };
+                        (key.clone(), v)
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|v| instantiate_draws(v, n)).collect())
+            }
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn v4_and_v5_schema_files_equal_the_schemas_with_tail_draws() {
+        for (file, encoding, version) in [
+            (SHARD_SCHEMA_FILE_V4, Encoding::Plain, 4),
+            (SHARD_SCHEMA_FILE_V5, Encoding::Compact, 5),
+        ] {
+            assert_eq!(encoding.format_version_with(16), Some(version));
+            let template: Value = serde_json::from_str(file).unwrap();
+            for (k, n) in [(7usize, 16usize), (50, 4)] {
+                let found = schema_json(&arrow_schema_with(k, encoding, n));
+                assert_eq!(
+                    found,
+                    instantiate_draws(&instantiate(&template, k), n),
+                    "k = {k}, n = {n}: schemas/v{version}/shard.schema.json differs:\n{}",
+                    serde_json::to_string_pretty(&found).unwrap()
+                );
+                assert_eq!(
+                    check_schema_with(&arrow_schema_with(k, encoding, n), k, encoding, n),
+                    Ok(())
+                );
+            }
+            // A v1/v3 shard is not a v4/v5 one, and the draw count is part of the schema.
+            let err =
+                check_schema_with(&arrow_schema_for(7, encoding), 7, encoding, 16).unwrap_err();
+            assert!(err.contains(&format!("format v{version}")), "{err}");
+            let err =
+                check_schema_with(&arrow_schema_with(7, encoding, 8), 7, encoding, 16).unwrap_err();
+            assert!(err.contains("[8]") && err.contains("[16]"), "{err}");
+        }
+        assert_eq!(Encoding::Steps.format_version_with(4), None);
+    }
 
     #[test]
     fn v2_and_v3_schema_files_equal_the_steps_and_compact_arrow_schemas_for_k_7_and_50() {

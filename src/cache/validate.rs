@@ -300,6 +300,68 @@ impl PositionChecker {
                 f64::from(tau).exp()
             ));
         }
+        if b.draws > 0 {
+            self.check_draws(b, p, k, tau)?;
+        }
+        Ok(())
+    }
+
+    /// The tail draws of position `p` (formats v4 and v5): ids ascending, below the vocabulary
+    /// and outside the top-k, log-probs finite and at most the k-th (up to f16 rounding and the
+    /// encoding's quantization of the k-th); the placeholder (`vocab_size`, −∞) only where the
+    /// tail is empty.
+    fn check_draws(
+        &mut self,
+        b: &ShardBatch,
+        p: usize,
+        k: usize,
+        tau: f32,
+    ) -> std::result::Result<(), String> {
+        let d = b.draws;
+        let ids = &b.draw_ids[p * d..(p + 1) * d];
+        let lps = &b.draw_logprobs[p * d..(p + 1) * d];
+        self.sorted.clear();
+        self.sorted
+            .extend_from_slice(&b.topk_ids[p * k..(p + 1) * k]);
+        self.sorted.sort_unstable();
+        let kth = b.topk_logprobs[p * k..(p + 1) * k]
+            .iter()
+            .map(|l| f64::from(l.to_f32()))
+            .fold(f64::INFINITY, f64::min);
+        let kth_p = kth.exp();
+        let max_p = kth_p * 1.01 + self.codec.error_bound(kth_p);
+        for (j, (&id, lp)) in ids.iter().zip(lps).enumerate() {
+            let lp = lp.to_f32();
+            if j > 0 && id < ids[j - 1] {
+                return Err(format!(
+                    "tail_draw_ids not ascending: [{}] = {} > [{j}] = {id}",
+                    j - 1,
+                    ids[j - 1]
+                ));
+            }
+            if id as usize == self.vocab && lp == f32::NEG_INFINITY && tau == f32::NEG_INFINITY {
+                continue;
+            }
+            if id as usize >= self.vocab {
+                return Err(format!(
+                    "tail_draw_ids[{j}] = {id} >= vocab_size {}",
+                    self.vocab
+                ));
+            }
+            if self.sorted.binary_search(&id).is_ok() {
+                return Err(format!(
+                    "tail_draw_ids[{j}] = {id} is one of the top-k ids; draws come from outside them"
+                ));
+            }
+            if !lp.is_finite() {
+                return Err(format!("tail_draw_logprobs[{j}] = {lp} is not finite"));
+            }
+            if f64::from(lp).exp() > max_p {
+                return Err(format!(
+                    "tail_draw_logprobs[{j}] = {lp} is above the k-th top-k log-prob {kth:.4}"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -308,6 +370,53 @@ impl PositionChecker {
 mod tests {
     use super::*;
     use half::f16;
+
+    #[test]
+    fn verify_checks_tail_draws_ids_order_and_log_probs() {
+        let mut checker = PositionChecker::new(3, 10);
+        let mut b = ShardBatch::new(1, 3);
+        b.seq_ids.push(0);
+        b.input_ids.push(1);
+        b.loss_mask.push(true);
+        b.topk_ids.extend([2, 7, 5]);
+        b.topk_logprobs
+            .extend([0.5f64, 0.3, 0.15].map(|p| f16::from_f64(p.ln())));
+        b.tail_logmass.push(0.05f32.ln());
+        b.draws = 3;
+        b.draw_ids.extend([1, 1, 8]);
+        b.draw_logprobs
+            .extend([0.02f64, 0.02, 0.01].map(|p| f16::from_f64(p.ln())));
+        checker.check_position(&b, 0, 3).unwrap();
+        for (ids, lps, want) in [
+            (
+                [1u32, 5, 8],
+                [0.02f64, 0.02, 0.01],
+                "tail_draw_ids[1] = 5 is one of the top-k ids",
+            ),
+            (
+                [1, 8, 3],
+                [0.02, 0.01, 0.01],
+                "tail_draw_ids not ascending: [1] = 8 > [2] = 3",
+            ),
+            (
+                [1, 1, 10],
+                [0.02, 0.02, 0.01],
+                "tail_draw_ids[2] = 10 >= vocab_size 10",
+            ),
+            (
+                [1, 1, 8],
+                [0.02, 0.2, 0.01],
+                "tail_draw_logprobs[1] = -1.609375 is above the k-th",
+            ),
+        ] {
+            b.draw_ids.copy_from_slice(&ids);
+            for (d, p) in b.draw_logprobs.iter_mut().zip(lps) {
+                *d = f16::from_f64(p.ln());
+            }
+            let err = checker.check_position(&b, 0, 3).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+    }
 
     #[test]
     fn verify_of_a_compact_cache_wants_ascending_ids() {

@@ -25,7 +25,7 @@ use super::batch::ShardBatch;
 use super::encoding::{Codec, Encoding};
 use super::layout::{commit_tmp, tmp_path};
 use super::manifest::ShardEntry;
-use super::schema::{self, arrow_schema_for};
+use super::schema::{self, arrow_schema_with};
 use crate::error::{Error, IoContext, Result};
 
 /// How [`write_shard_atomic`] encodes a shard.
@@ -40,6 +40,9 @@ pub struct WriteOptions {
     pub metadata: Vec<(String, String)>,
     /// Plain (format v1), compact (format v3) or steps (format v2).
     pub encoding: Encoding,
+    /// Tail draws per position (`precompute --tail-samples N`): formats v4 (plain) and v5
+    /// (compact) when above 0. Every batch written must carry this many.
+    pub tail_draws: usize,
 }
 
 impl Default for WriteOptions {
@@ -49,6 +52,7 @@ impl Default for WriteOptions {
             row_group_rows: 0,
             metadata: Vec::new(),
             encoding: Encoding::Plain,
+            tail_draws: 0,
         }
     }
 }
@@ -129,7 +133,13 @@ impl ShardWriter {
         if seq_len == 0 || k == 0 {
             return Err(bad(format!("seq_len {seq_len} and k {k} must be positive")));
         }
-        let schema = arrow_schema_for(k, opts.encoding);
+        if opts.encoding.format_version_with(opts.tail_draws).is_none() {
+            return Err(bad(format!(
+                "the {} encoding has no format with tail draws; use plain or compact",
+                opts.encoding.name()
+            )));
+        }
+        let schema = arrow_schema_with(k, opts.encoding, opts.tail_draws);
         let props = writer_properties(&schema, seq_len, k, opts).map_err(bad)?;
         let rg_rows = match opts.row_group_rows {
             0 => default_row_group_rows(seq_len, k),
@@ -148,7 +158,10 @@ impl ShardWriter {
             final_path: final_path.to_path_buf(),
             tmp,
             writer,
-            pending: ShardBatch::with_capacity(seq_len, k, rg_rows),
+            pending: ShardBatch {
+                draws: opts.tail_draws,
+                ..ShardBatch::with_capacity(seq_len, k, rg_rows)
+            },
             rg_rows,
             first: None,
             rows: 0,
@@ -165,6 +178,12 @@ impl ShardWriter {
             return Err(bad(format!(
                 "rows of seq_len {} and k {} in a shard of seq_len {} and k {}",
                 batch.seq_len, batch.k, self.pending.seq_len, self.pending.k
+            )));
+        }
+        if batch.draws != self.pending.draws {
+            return Err(bad(format!(
+                "rows with {} tail draws per position in a shard of {}",
+                batch.draws, self.pending.draws
             )));
         }
         let first = *self
@@ -286,11 +305,17 @@ fn writer_properties(
     let mut own = vec![
         (
             schema::META_FORMAT_VERSION,
-            opts.encoding.format_version().to_string(),
+            opts.encoding
+                .format_version_with(opts.tail_draws)
+                .unwrap_or(opts.encoding.format_version())
+                .to_string(),
         ),
         (schema::META_TOP_K, k.to_string()),
         (schema::META_SEQ_LEN, seq_len.to_string()),
     ];
+    if opts.tail_draws > 0 {
+        own.push((schema::META_TAIL_DRAWS, opts.tail_draws.to_string()));
+    }
     own.extend(Codec::for_writing(opts.encoding).footer());
     let mut kv: Vec<KeyValue> = own
         .iter()
@@ -337,7 +362,8 @@ fn writer_properties(
                 .set_column_dictionary_enabled(path.clone(), true)
                 .set_column_dictionary_page_size_limit(path.clone(), TOPK_IDS_DICTIONARY_BYTES)
                 .set_column_encoding(path, ParquetEncoding::PLAIN),
-            schema::TAIL_LOGMASS => {
+            // The draws' ids (or gaps) by byte plane, as the compact top-k ids.
+            schema::TAIL_LOGMASS | schema::DRAW_IDS | schema::DRAW_ID_GAPS => {
                 builder.set_column_encoding(path, ParquetEncoding::BYTE_STREAM_SPLIT)
             }
             _ => builder.set_column_encoding(path, ParquetEncoding::PLAIN),

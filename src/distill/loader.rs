@@ -424,6 +424,12 @@ fn copy_row(src: &ShardBatch, r: usize, dst: &mut ShardBatch) {
         .extend_from_slice(&src.topk_logprobs[r * s * k..(r + 1) * s * k]);
     dst.tail_logmass
         .extend_from_slice(&src.tail_logmass[r * s..(r + 1) * s]);
+    let d = src.draws;
+    dst.draws = d;
+    dst.draw_ids
+        .extend_from_slice(&src.draw_ids[r * s * d..(r + 1) * s * d]);
+    dst.draw_logprobs
+        .extend_from_slice(&src.draw_logprobs[r * s * d..(r + 1) * s * d]);
 }
 
 #[cfg(test)]
@@ -613,7 +619,7 @@ mod tests {
         let tok = c.check_student(1000, Some("x")).unwrap_err().to_string();
         assert!(tok.contains("tokenizer_sha256"), "{tok}");
         let mut future = m.clone();
-        future.format_version = 4;
+        future.format_version = 6;
         assert!(Cache::new(Path::new("c"), future)
             .unwrap_err()
             .to_string()

@@ -46,6 +46,7 @@ use loader::{Cursor, Loader, LoaderOptions};
 use metrics::{MetricsLine, METRICS_FILE};
 pub use options::{AdaptiveSignal, DistillOptions};
 use rundir::{Start, FINAL_DIR};
+use targets::TailMode;
 pub use trainer::Trainer;
 
 /// What a run did.
@@ -150,6 +151,23 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     if let Some(eval) = &eval_cache {
         same_teacher(&cache, eval, opts.eval_cache_any_teacher)?;
     }
+    if opts.tail == TailMode::Sampled {
+        for (c, flag) in std::iter::once((&cache, "--cache"))
+            .chain(eval_cache.iter().map(|c| (c, "--eval-cache")))
+        {
+            // A dense cache (k = vocabulary) has no tail to draw from, nor to complete.
+            let m = c.manifest();
+            if m.tail_draws == 0 && m.top_k < m.vocab_size {
+                return Err(Error::flag(
+                    "--tail",
+                    format!(
+                        "sampled needs tail draws, and the {flag} {} has none (make it with precompute --tail-samples N, or use --tail student)",
+                        c.dir().display()
+                    ),
+                ));
+            }
+        }
+    }
     let student_config = ModelConfig::from_file(&opts.student.join(CONFIG_FILE))?;
     for c in std::iter::once(&cache).chain(&eval_cache) {
         c.check_student(student_config.vocab_size, tok_sha.as_deref())?;
@@ -185,7 +203,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
         (None, None) => unreachable!("validated"),
     };
 
-    let path = device::StepPath::for_device(&device)?;
+    let path = device::StepPath::for_run(&device, opts.tail)?;
     let (optimizer_copies, chunk_temporaries) = match path {
         device::StepPath::Host => (3, 4),
         device::StepPath::Device => (2, 12),

@@ -79,11 +79,25 @@ pub enum TailMode {
     Uniform,
     /// The tail dropped and the target renormalized over the top-k (the usual, biased baseline).
     Renorm,
+    /// The tail mass spread over the teacher's own tail draws of `precompute --tail-samples N`
+    /// (an unbiased estimate; the cache must have them).
+    Sampled,
 }
 
 impl TailMode {
-    /// Every tail mode, in `--tail`'s order.
+    /// Every tail mode that completes the teacher from the top-k and the tail mass alone, in
+    /// `--tail`'s order ([`TailMode::Sampled`] needs a cache with tail draws besides).
     pub const ALL: [TailMode; 3] = [TailMode::Student, TailMode::Uniform, TailMode::Renorm];
+
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            TailMode::Student => "student",
+            TailMode::Uniform => "uniform",
+            TailMode::Renorm => "renorm",
+            TailMode::Sampled => "sampled",
+        }
+    }
 }
 
 /// One position's cached teacher record. `ids` and `logprobs` have length k.
@@ -208,7 +222,10 @@ pub fn build_target<T: Real>(
         let l = l.to_f64().unwrap_or(f64::NAN);
         *slot = if t == 1.0 { l } else { (1.0 - t) * sy + t * l };
     }
-    let has_tail = stats.tail_count > 0 && tau > f64::NEG_INFINITY && mode != TailMode::Renorm;
+    // A sampled tail is completed by `objectives::sampled`, never by a rule.
+    let has_tail = stats.tail_count > 0
+        && tau > f64::NEG_INFINITY
+        && !matches!(mode, TailMode::Renorm | TailMode::Sampled);
     // (a0, b, logsumexp of the tail's unnormalized mix)
     let tail = has_tail.then(|| match mode {
         TailMode::Student => {
@@ -327,7 +344,7 @@ mod tests {
                         match mode {
                             TailMode::Student => Some(tau + s[y] - l_tail),
                             TailMode::Uniform => Some(tau - ((vocab - k) as f64).ln()),
-                            TailMode::Renorm => None,
+                            TailMode::Renorm | TailMode::Sampled => None,
                         }
                     }
                 };

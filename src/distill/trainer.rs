@@ -298,6 +298,7 @@ pub(super) fn chunk_rows(vocab: usize) -> usize {
 pub(super) struct Records<'a> {
     data: &'a ShardBatch,
     logprobs: Vec<f32>,
+    draw_logprobs: Vec<f32>,
     labels: Vec<Option<u32>>,
 }
 
@@ -306,6 +307,7 @@ impl<'a> Records<'a> {
         Self {
             data,
             logprobs: data.topk_logprobs.iter().map(|x| x.to_f32()).collect(),
+            draw_logprobs: data.draw_logprobs.iter().map(|x| x.to_f32()).collect(),
             labels: labels(data),
         }
     }
@@ -328,6 +330,9 @@ impl<'a> Records<'a> {
             tail: &d.tail_logmass[start..start + n],
             mask: &d.loss_mask[start..start + n],
             labels: &self.labels[start..start + n],
+            draws: d.draws,
+            draw_ids: &d.draw_ids[start * d.draws..(start + n) * d.draws],
+            draw_logprobs: &self.draw_logprobs[start * d.draws..(start + n) * d.draws],
         }
     }
 }
@@ -499,7 +504,7 @@ impl Trainer {
     /// A fresh run of `total_steps` optimizer steps of `student` with `opts`.
     /// The step path is [`StepPath::for_device`]'s for the student's device.
     pub fn new(student: Student, opts: &DistillOptions, total_steps: u64) -> Result<Self> {
-        let path = StepPath::for_device(student.model.device())?;
+        let path = StepPath::for_run(student.model.device(), opts.tail)?;
         Self::with_step_path(student, opts, total_steps, path)
     }
 

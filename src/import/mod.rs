@@ -697,6 +697,7 @@ pub fn run(opts: &ImportOptions, out: &mut dyn Write) -> Result<ImportSummary> {
         dtype: "unknown".into(),
         temperature: 1.0,
         value_encoding: opts.encoding.value_encoding().to_string(),
+        tail_draws: 0,
         worker: None,
         complete: false,
         total_sequences: None,
@@ -724,6 +725,7 @@ pub fn run(opts: &ImportOptions, out: &mut dyn Write) -> Result<ImportSummary> {
                 row_group_rows: default_row_group_rows(seq_len, k),
                 metadata: schema::footer_metadata(&manifest),
                 encoding: opts.encoding,
+                tail_draws: 0,
             };
             match CacheWriter::create_or_resume(dir, manifest, write)? {
                 Resumed::Complete => {

@@ -34,6 +34,10 @@ pub struct Summary {
     pub dtype: String,
     pub temperature: f32,
     pub value_encoding: String,
+    /// Tail draws per position (`precompute --tail-samples`), 0 without.
+    pub tail_draws: usize,
+    /// Mean over loss positions of the distinct ids among the draws (`None` without draws).
+    pub mean_distinct_draws: Option<f64>,
     /// Sequences in the shards written so far.
     pub sequences: u64,
     /// Sequences of the whole packed corpus, when known.
@@ -45,7 +49,8 @@ pub struct Summary {
     pub shards: usize,
     pub bytes_on_disk: u64,
     pub bytes_per_token: f64,
-    /// Uncompressed size: per position k·(4+2) + 4 (tail) + 4 (input id) + 1 (mask).
+    /// Uncompressed size: per position k·(4+2) + 4 (tail) + 4 (input id) + 1 (mask), plus
+    /// 6 bytes per tail draw.
     pub raw_bytes: u64,
     /// raw_bytes / bytes_on_disk.
     pub compression_ratio: f64,
@@ -84,6 +89,7 @@ pub fn inspect(dir: &Path) -> Result<Summary> {
     let mut entropy_sum = 0.0f64;
     let mut mass_sum = 0.0f64;
     let mut histogram = [0u64; TAIL_DECADES + 1];
+    let mut distinct_sum = 0u64;
     let k = m.top_k;
     let mut batch = ShardBatch::new(m.packing.seq_len, k);
     for i in 0..m.shards.len() {
@@ -108,6 +114,11 @@ pub fn inspect(dir: &Path) -> Result<Summary> {
                 }
                 mass_sum += mass;
                 entropy_sum += entropy;
+                let d = batch.draws;
+                if d > 0 {
+                    let ids = &batch.draw_ids[pos * d..(pos + 1) * d];
+                    distinct_sum += 1 + ids.windows(2).filter(|w| w[0] != w[1]).count() as u64;
+                }
                 histogram[tail_decade(*tau)] += 1;
             }
         }
@@ -115,7 +126,7 @@ pub fn inspect(dir: &Path) -> Result<Summary> {
 
     let tokens = m.total_tokens();
     let bytes = m.total_bytes();
-    let raw_bytes = tokens * raw_bytes_per_position(k) as u64;
+    let raw_bytes = tokens * (raw_bytes_per_position(k) + m.tail_draws * 6) as u64;
     let mean = |sum: f64| (loss_tokens > 0).then(|| sum / loss_tokens as f64);
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Ok(Summary {
@@ -127,6 +138,9 @@ pub fn inspect(dir: &Path) -> Result<Summary> {
             source: m.teacher.source.clone(),
         },
         import: m.import.clone(),
+        tail_draws: m.tail_draws,
+        mean_distinct_draws: (m.tail_draws > 0)
+            .then(|| distinct_sum as f64 / loss_tokens.max(1) as f64),
         top_k: k,
         vocab_size: m.vocab_size,
         seq_len: m.packing.seq_len,
@@ -212,6 +226,16 @@ pub fn write_summary(s: &Summary, json: bool, out: &mut impl Write) -> Result<()
             format!("{} / {}", s.dtype, s.temperature),
         ),
         ("value encoding", s.value_encoding.clone()),
+        (
+            "tail draws",
+            match s.mean_distinct_draws {
+                Some(d) => format!(
+                    "{} per position ({d:.2} distinct ids on average)",
+                    s.tail_draws
+                ),
+                None => "none".to_string(),
+            },
+        ),
         ("sequences", s.sequences.to_string()),
         ("tokens (loss)", format!("{} ({})", s.tokens, s.loss_tokens)),
         ("shards", s.shards.to_string()),

@@ -25,6 +25,7 @@ pub mod device_topk;
 pub mod options;
 mod pipeline;
 mod plan;
+pub mod tail_sample;
 mod teacher;
 pub mod topk;
 
@@ -101,6 +102,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         row_group_rows: default_row_group_rows(opts.seq_len, opts.top_k),
         metadata: schema::footer_metadata(&plan.manifest),
         encoding: opts.encoding,
+        tail_draws: opts.tail_samples,
     };
     let cache = match CacheWriter::create_or_resume(&opts.out, plan.manifest.clone(), write_opts)? {
         Resumed::Complete => {

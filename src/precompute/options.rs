@@ -66,6 +66,13 @@ pub struct PrecomputeOptions {
     #[arg(long, value_enum, default_value_t = Encoding::Plain)]
     #[serde(default)]
     pub encoding: Encoding,
+    /// Tail draws per position: N ids drawn from the teacher's distribution outside the top-k
+    /// (in proportion to its probabilities, seeded by sequence and position), stored with their
+    /// log-probs for `distill --tail sampled`, an unbiased tail (0: none). Plain and compact
+    /// encodings (formats v4 and v5); about 6 raw bytes per draw before compression.
+    #[arg(long, default_value_t = 0, value_parser = bounds::count)]
+    #[serde(default)]
+    pub tail_samples: usize,
     /// This process's index among --workers, from 0.
     #[arg(long, default_value_t = 0, value_parser = bounds::count)]
     pub worker: usize,
@@ -81,6 +88,9 @@ pub struct PrecomputeOptions {
     #[serde(default = "yes", skip_serializing)]
     pub progress: bool,
 }
+
+/// The most tail draws per position `--tail-samples` takes.
+pub const MAX_TAIL_SAMPLES: usize = 4096;
 
 fn yes() -> bool {
     true
@@ -140,6 +150,29 @@ impl PrecomputeOptions {
         }
         if self.corpus.is_empty() {
             return Err(Error::flag("--corpus", "name at least one corpus file"));
+        }
+        if self.tail_samples > MAX_TAIL_SAMPLES {
+            return Err(Error::flag(
+                "--tail-samples",
+                format!(
+                    "{} is above {MAX_TAIL_SAMPLES} draws per position",
+                    self.tail_samples
+                ),
+            ));
+        }
+        if self.tail_samples > 0
+            && self
+                .encoding
+                .format_version_with(self.tail_samples)
+                .is_none()
+        {
+            return Err(Error::flag(
+                "--tail-samples",
+                format!(
+                    "the {} encoding has no format with tail draws; use --encoding plain or compact",
+                    self.encoding.name()
+                ),
+            ));
         }
         Ok(())
     }

@@ -99,7 +99,7 @@ pub(super) fn run_teacher(
         match work? {
             Msg::Batch { shard, data: seqs } => {
                 let t0 = Instant::now();
-                let rows = batch_rows(&seqs, opts.top_k);
+                let rows = batch_rows(&seqs, opts.top_k, opts.tail_samples);
                 // The chunks of one batch go through their own channel, so the top-k thread
                 // takes them in order while this thread computes the next ones.
                 let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(queued_chunks(teacher));
@@ -114,7 +114,9 @@ pub(super) fn run_teacher(
                     data: (rows, chunk_rx),
                 })
                 .map_err(|_| hung_up())?;
-                forward_chunks(teacher, &input, opts.top_k, |chunk| {
+                // Tail draws need the whole row of logits: the top-k then runs on the host.
+                let host = opts.tail_samples > 0;
+                forward_chunks(teacher, &input, opts.top_k, host, |chunk| {
                     chunk_tx.send(chunk).map_err(|_| hung_up())
                 })?;
                 busy += t0.elapsed().as_secs_f64();

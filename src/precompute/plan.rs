@@ -140,6 +140,15 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
             ),
         ));
     }
+    if opts.tail_samples > 0 && opts.top_k >= cfg.vocab_size {
+        return Err(Error::flag(
+            "--tail-samples",
+            format!(
+                "--top-k {} covers the teacher's whole vocabulary ({}): there is no tail to draw from",
+                opts.top_k, cfg.vocab_size
+            ),
+        ));
+    }
     if opts.seq_len > cfg.max_position_embeddings {
         return Err(Error::flag(
             "--seq-len",
@@ -204,7 +213,10 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         .map(|f| PathBuf::from(&f.path))
         .collect();
     let manifest = Manifest {
-        format_version: opts.encoding.format_version(),
+        format_version: opts
+            .encoding
+            .format_version_with(opts.tail_samples)
+            .unwrap_or(opts.encoding.format_version()),
         taidcache_version: env!("CARGO_PKG_VERSION").to_string(),
         teacher: TeacherInfo {
             model_type: cfg.model_type.clone(),
@@ -244,6 +256,7 @@ pub(super) fn plan(opts: &PrecomputeOptions) -> Result<Plan> {
         dtype: opts.dtype.name().to_string(),
         temperature: 1.0,
         value_encoding: opts.encoding.value_encoding().to_string(),
+        tail_draws: opts.tail_samples,
         worker: (opts.workers > 1).then_some(WorkerInfo {
             index: opts.worker,
             count: opts.workers,

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use half::slice::HalfFloatSliceExt;
 
-use super::{device_topk, topk};
+use super::{device_topk, tail_sample, topk};
 use crate::cache::ShardBatch;
 use crate::corpus::PackedSequence;
 use crate::error::{CandleContext, Error, Result};
@@ -35,7 +35,7 @@ pub(super) fn queued_chunks(teacher: &Decoder) -> usize {
 
 /// A batch's rows as the producer packed them (sequence ids, input ids, loss masks), with the
 /// top-k buffers sized and still empty.
-pub(super) fn batch_rows(seqs: &[PackedSequence], k: usize) -> ShardBatch {
+pub(super) fn batch_rows(seqs: &[PackedSequence], k: usize, draws: usize) -> ShardBatch {
     let s = seqs[0].input_ids.len();
     let mut rows = ShardBatch::new(s, k);
     for seq in seqs {
@@ -47,6 +47,10 @@ pub(super) fn batch_rows(seqs: &[PackedSequence], k: usize) -> ShardBatch {
     rows.topk_ids.resize(positions * k, 0);
     rows.topk_logprobs.resize(positions * k, half::f16::ZERO);
     rows.tail_logmass.resize(positions, 0.0);
+    rows.draws = draws;
+    rows.draw_ids.resize(positions * draws, 0);
+    rows.draw_logprobs
+        .resize(positions * draws, half::f16::ZERO);
     rows
 }
 
@@ -64,11 +68,14 @@ pub enum Chunk {
 }
 
 /// Run the teacher over `input` (`[batch, seq_len]` token ids) and pass its logits on in chunks
-/// of at most [`LOGITS_CHUNK_BYTES`]; on a GPU the top-k is taken there first.
+/// of at most [`LOGITS_CHUNK_BYTES`]; on a GPU the top-k is taken there first, unless
+/// `host_topk` asks for the logits on the host (the tail draws of `--tail-samples` read every
+/// logit of a row).
 pub fn forward_chunks(
     teacher: &Decoder,
     input: &Tensor,
     k: usize,
+    host_topk: bool,
     mut emit: impl FnMut(Chunk) -> Result<()>,
 ) -> Result<()> {
     let (b, s) = input.dims2().ctx("teacher input")?;
@@ -87,6 +94,11 @@ pub fn forward_chunks(
             .logits(&hidden.narrow(0, start, n).ctx("lm_head")?)
             .ctx("lm_head")?;
         if logits.device().is_cpu() {
+            emit(Chunk::Logits { start, logits })?;
+        } else if host_topk {
+            let logits = logits
+                .to_device(&Device::Cpu)
+                .ctx("copying logits to the host")?;
             emit(Chunk::Logits { start, logits })?;
         } else {
             // On a GPU: top-k and tail on the device; only [n, k] ids and log-probs and [n]
@@ -117,6 +129,8 @@ pub(super) struct Selected<'a> {
     pool: &'a rayon::ThreadPool,
     /// f32 log-probs, `[positions, k]`, converted to f16 once the batch is complete.
     logprobs: Vec<f32>,
+    /// f32 log-probs of the tail draws, `[positions, draws]`, likewise.
+    draw_logprobs: Vec<f32>,
     teacher_path: &'a Path,
     /// The forward's dtype, for the hint of a non-finite logit.
     dtype: FloatType,
@@ -130,10 +144,12 @@ impl<'a> Selected<'a> {
         pool: &'a rayon::ThreadPool,
     ) -> Self {
         let logprobs = vec![0f32; rows.topk_ids.len()];
+        let draw_logprobs = vec![0f32; rows.draw_ids.len()];
         Self {
             rows,
             pool,
             logprobs,
+            draw_logprobs,
             teacher_path,
             dtype,
         }
@@ -171,6 +187,11 @@ impl<'a> Selected<'a> {
                 if let Some(p) = logprobs.iter().position(|x| !x.is_finite()) {
                     return Err(self.non_finite(start + p / k, None));
                 }
+                if self.rows.draws > 0 {
+                    return Err(Error::Internal(
+                        "tail draws need the logits on the host, not a device top-k".into(),
+                    ));
+                }
                 let n = tails.len();
                 self.rows.topk_ids[start * k..(start + n) * k].copy_from_slice(&ids);
                 self.logprobs[start * k..(start + n) * k].copy_from_slice(&logprobs);
@@ -195,6 +216,26 @@ impl<'a> Selected<'a> {
                 if let Err((r, v)) = result {
                     return Err(self.non_finite(start + r, Some(v)));
                 }
+                let d = self.rows.draws;
+                if d > 0 {
+                    let rows = &mut self.rows;
+                    let draw_ids = &mut rows.draw_ids[start * d..(start + n) * d];
+                    let draw_lps = &mut self.draw_logprobs[start * d..(start + n) * d];
+                    let (seq_ids, seq_len, topk) = (&rows.seq_ids, rows.seq_len, &rows.topk_ids);
+                    self.pool.install(|| {
+                        tail_sample::draw_rows(
+                            &data[lo..hi],
+                            vocab,
+                            &topk[start * k..(start + n) * k],
+                            k,
+                            seq_ids,
+                            seq_len,
+                            start,
+                            draw_ids,
+                            draw_lps,
+                        )
+                    });
+                }
             }
         }
         Ok(())
@@ -204,6 +245,9 @@ impl<'a> Selected<'a> {
         self.rows
             .topk_logprobs
             .convert_from_f32_slice(&self.logprobs);
+        self.rows
+            .draw_logprobs
+            .convert_from_f32_slice(&self.draw_logprobs);
         self.rows
     }
 }

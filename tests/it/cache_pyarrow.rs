@@ -95,6 +95,7 @@ fn write_cache(cache: &Path) -> Manifest {
         dtype: "f32".into(),
         temperature: 1.0,
         value_encoding: "f16".into(),
+        tail_draws: 0,
         worker: None,
         complete: true,
         total_sequences: Some(next),

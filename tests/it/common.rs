@@ -166,6 +166,12 @@ pub fn read_shard_rows(path: &Path) -> Vec<ShardBatch> {
                 .extend_from_slice(&b.topk_logprobs[r * s * k..(r + 1) * s * k]);
             one.tail_logmass
                 .extend_from_slice(&b.tail_logmass[r * s..(r + 1) * s]);
+            let d = b.draws;
+            one.draws = d;
+            one.draw_ids
+                .extend_from_slice(&b.draw_ids[r * s * d..(r + 1) * s * d]);
+            one.draw_logprobs
+                .extend_from_slice(&b.draw_logprobs[r * s * d..(r + 1) * s * d]);
             rows.push(one);
         }
     }
@@ -192,6 +198,14 @@ pub fn assert_same_rows(a: &[ShardBatch], b: &[ShardBatch]) {
             bits(&x.tail_logmass),
             bits(&y.tail_logmass),
             "tail_logmass of seq {id}"
+        );
+        assert_eq!(x.draws, y.draws, "tail draws per position");
+        assert_eq!(x.draw_ids, y.draw_ids, "tail draw ids of seq {id}");
+        let bits = |v: &[half::f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&x.draw_logprobs),
+            bits(&y.draw_logprobs),
+            "tail draw log-probs of seq {id}"
         );
     }
 }
@@ -220,4 +234,22 @@ pub fn expect(stderr: &str, parts: &[&str]) {
     for p in parts {
         assert!(stderr.contains(p), "`{p}` not in: {stderr}");
     }
+}
+
+/// Run `tests/python/check_cache.py CACHE ARGS…` (plain pyarrow) and assert it passes.
+pub fn assert_check_cache_py_accepts(cache: &Path, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(cache)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check_cache.py failed on {}:\n{}\n{}",
+        cache.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -20,3 +20,4 @@ mod precompute;
 mod readme;
 mod resume;
 mod student;
+mod tail_draws;

@@ -91,24 +91,6 @@ fn pyarrow_reads_every_shard_with_the_documented_schema() {
     assert_check_cache_py_accepts(&opts.out, &[]);
 }
 
-/// Run `tests/python/check_cache.py CACHE ARGS…` (plain pyarrow) and assert it passes.
-fn assert_check_cache_py_accepts(cache: &Path, args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_cache.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(cache)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check_cache.py failed on {}:\n{}\n{}",
-        cache.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn verify_and_inspect_accept_a_fresh_cache() {
     let fx = Fixture::new(taidcache::model::Architecture::Llama, 20);

@@ -159,6 +159,9 @@ impl LossInputs {
             tail: &self.tail,
             mask: &self.mask,
             labels: &self.labels,
+            draws: 0,
+            draw_ids: &[],
+            draw_logprobs: &[],
         }
     }
 }

@@ -23,17 +23,25 @@ import sys
 SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schemas")
 
 
+# Formats 4 and 5 are 1 and 3 with the tail-draw columns (schemas/v4/README.md).
+BASE = {1: 1, 2: 2, 3: 3, 4: 1, 5: 3}
+
+
 def ids_column(version):
-    return "topk_id_gaps" if version == 3 else "topk_ids"
+    return "topk_id_gaps" if BASE[version] == 3 else "topk_ids"
 
 
 def values_column(version):
-    return {1: "topk_logprobs", 2: "topk_logprob_steps", 3: "topk_logprob_levels"}[version]
+    return {1: "topk_logprobs", 2: "topk_logprob_steps", 3: "topk_logprob_levels"}[BASE[version]]
 
 
-def expected_types(k, version):
-    value_type = "halffloat" if version == 1 else "uint8"
-    return {
+def draw_ids_column(version):
+    return "tail_draw_id_gaps" if version == 5 else "tail_draw_ids"
+
+
+def expected_types(k, version, draws=0):
+    value_type = "halffloat" if BASE[version] == 1 else "uint8"
+    types = {
         "seq_id": "uint64",
         "input_ids": "list<item: uint32>",
         "loss_mask": "list<item: bool>",
@@ -41,6 +49,10 @@ def expected_types(k, version):
         values_column(version): f"list<item: fixed_size_list<item: {value_type}>[{k}]>",
         "tail_logmass": "list<item: float>",
     }
+    if version in (4, 5):
+        types[draw_ids_column(version)] = f"list<item: fixed_size_list<item: uint32>[{draws}]>"
+        types["tail_draw_logprobs"] = f"list<item: fixed_size_list<item: halffloat>[{draws}]>"
+    return types
 
 
 def fail(msg):
@@ -57,8 +69,8 @@ def validate_manifest(manifest, require_jsonschema):
         print("check_cache: jsonschema not installed, manifest schema not validated", file=sys.stderr)
         return
     version = manifest.get("format_version")
-    if version not in (1, 2, 3):
-        fail(f"manifest.json: format_version {version!r} is not 1, 2 or 3")
+    if version not in BASE:
+        fail(f"manifest.json: format_version {version!r} is not 1, 2, 3, 4 or 5")
     with open(os.path.join(SCHEMAS, f"v{version}", "manifest.schema.json")) as f:
         schema = json.load(f)
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -79,7 +91,8 @@ def check_shard(cache, entry, manifest):
     pf = pq.ParquetFile(path)
     schema = pf.schema_arrow
     version = manifest["format_version"]
-    want = expected_types(k, version)
+    draws = manifest.get("tail_draws", 0)
+    want = expected_types(k, version, draws)
     names = [f.name for f in schema]
     if names != list(want):
         fail(f"{path}: columns {names}, expected {list(want)}")
@@ -95,7 +108,7 @@ def check_shard(cache, entry, manifest):
         ("taidcache.top_k", str(k)),
         ("taidcache.seq_len", str(s)),
         ("taidcache.vocab_size", str(manifest["vocab_size"])),
-    ]:
+    ] + ([("taidcache.tail_draws", str(draws))] if version in (4, 5) else []):
         if meta.get(key) != value:
             fail(f"{path}: footer metadata {key} = {meta.get(key)!r}, manifest says {value!r}")
 
@@ -123,9 +136,40 @@ def check_shard(cache, entry, manifest):
                 fail(f"{path}: column {name} has {len(values)} values ({values.null_count} null), expected {entry['rows'] * s * k}")
     if version == 2:
         check_steps(path, table, meta, k)
-    if version == 3:
+    if BASE[version] == 3:
         check_levels(path, table, meta, k, manifest["vocab_size"])
+    if version in (4, 5):
+        check_draws(path, table, version, k, draws, manifest["vocab_size"])
     return table.num_rows
+
+
+def check_draws(path, table, version, k, n, vocab):
+    """The tail draws as schemas/v4/README.md says: ascending ids below vocab, outside the top-k,
+    log-probs at most the k-th (plain top-k; the compact levels within their quantization)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    raw = pc.list_flatten(pc.list_flatten(table.column(draw_ids_column(version)))).to_numpy()
+    ids = raw.reshape(-1, n).astype(np.int64)
+    if version == 5:
+        ids = np.cumsum(ids, axis=1)
+    lps = pc.list_flatten(pc.list_flatten(table.column("tail_draw_logprobs"))).to_numpy()
+    lps = lps.reshape(-1, n).astype(np.float64)
+    if ids.max() >= vocab or (n > 1 and np.diff(ids, axis=1).min() < 0):
+        fail(f"{path}: tail draw ids are not ascending below vocab_size {vocab}")
+    if not np.all(np.isfinite(lps)):
+        fail(f"{path}: tail_draw_logprobs holds non-finite values")
+    top = pc.list_flatten(pc.list_flatten(table.column(ids_column(version)))).to_numpy()
+    top = top.reshape(-1, k).astype(np.int64)
+    if version == 5:
+        top = np.cumsum(top, axis=1)
+    if any(np.isin(ids[i], top[i]).any() for i in range(len(ids))):
+        fail(f"{path}: a tail draw is one of its position's top-k ids")
+    if version == 4:
+        kth = pc.list_flatten(pc.list_flatten(table.column("topk_logprobs"))).to_numpy()
+        kth = kth.reshape(-1, k).astype(np.float64).min(axis=1)
+        if (lps.max(axis=1) > kth).any():
+            fail(f"{path}: a tail draw's log-prob is above its position's k-th")
 
 
 def check_steps(path, table, meta, k):

@@ -32,6 +32,14 @@ pub const FORMAT_VERSION_STEPS: u32 = 2;
 /// sorted by id, the ids as gaps and the log-probs as 8-bit levels ([`levels`]).
 pub const FORMAT_VERSION_COMPACT: u32 = 3;
 
+/// Version of the format of a `plain` cache with tail draws (`precompute --tail-samples N`,
+/// `schemas/v4/`): v1 plus the columns `tail_draw_ids` and `tail_draw_logprobs`.
+pub const FORMAT_VERSION_DRAWS: u32 = 4;
+
+/// Version of the format of a `compact` cache with tail draws (`schemas/v5/`): v3 plus the
+/// columns `tail_draw_id_gaps` and `tail_draw_logprobs`.
+pub const FORMAT_VERSION_COMPACT_DRAWS: u32 = 5;
+
 /// Value encoding of `topk_logprob_levels` in format v3: one of the 256 levels of
 /// [`levels::table`] per log-prob, listed in the footer.
 pub const VALUE_ENCODING_U8_LEVELS: &str = "u8-levels";
@@ -87,11 +95,32 @@ impl Encoding {
         }
     }
 
+    /// The format version of a cache of this encoding with `draws` tail draws per position
+    /// (`precompute --tail-samples`); `None` for an encoding that has no format with draws.
+    pub fn format_version_with(self, draws: usize) -> Option<u32> {
+        match (self, draws) {
+            (_, 0) => Some(self.format_version()),
+            (Encoding::Plain, _) => Some(FORMAT_VERSION_DRAWS),
+            (Encoding::Compact, _) => Some(FORMAT_VERSION_COMPACT_DRAWS),
+            (Encoding::Steps, _) => None,
+        }
+    }
+
+    /// Whether a format version's shards hold tail draws.
+    pub fn version_has_draws(version: u64) -> bool {
+        version == u64::from(FORMAT_VERSION_DRAWS)
+            || version == u64::from(FORMAT_VERSION_COMPACT_DRAWS)
+    }
+
     /// The encoding of a format version this build reads.
     pub fn from_format_version(version: u64) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|e| u64::from(e.format_version()) == version)
+        match version {
+            v if v == u64::from(FORMAT_VERSION_DRAWS) => Some(Encoding::Plain),
+            v if v == u64::from(FORMAT_VERSION_COMPACT_DRAWS) => Some(Encoding::Compact),
+            _ => Self::ALL
+                .into_iter()
+                .find(|e| u64::from(e.format_version()) == version),
+        }
     }
 
     /// The encoding of format `version`, or the one message for a version this build does not
@@ -121,9 +150,9 @@ impl Encoding {
     }
 }
 
-/// The format versions this build reads, for messages: `1, 2 and 3`.
+/// The format versions this build reads, for messages: `1, 2, 3, 4 and 5`.
 pub fn readable_versions() -> String {
-    format!("{FORMAT_VERSION}, {FORMAT_VERSION_STEPS} and {FORMAT_VERSION_COMPACT}")
+    format!("{FORMAT_VERSION}, {FORMAT_VERSION_STEPS}, {FORMAT_VERSION_COMPACT}, {FORMAT_VERSION_DRAWS} and {FORMAT_VERSION_COMPACT_DRAWS}")
 }
 
 /// Value encoding of `topk_logprobs` in format v1: IEEE half floats.

@@ -101,6 +101,8 @@ fn target(mode: TailMode, t: f64, s: &Tensor, c: &DeviceChunk, st: &Stats) -> R<
             (a0, 1.0 - t, mass)
         }
         TailMode::Renorm => (tau.zeros_like()?, 1.0, neg_inf((n, 1), s)?),
+        // `StepPath::for_run` keeps `--tail sampled` on the host path.
+        TailMode::Sampled => candle_core::bail!("--tail sampled has no device loss path"),
     };
     let tail_mass = has_tail.where_cond(&tail_mass, &neg_inf((n, 1), s)?)?;
     let all = Tensor::cat(&[&raw, &tail_mass], 1)?;

@@ -50,6 +50,22 @@ impl StepPath {
         Self::choose(std::env::var(STEP_PATH_ENV).ok().as_deref(), device)
     }
 
+    /// The path for a run with tail mode `tail`: `--tail sampled` has only the host path, which
+    /// the default takes on CUDA too; asking for the device path with it is an error.
+    pub fn for_run(device: &Device, tail: crate::distill::targets::TailMode) -> Result<Self> {
+        let path = Self::for_device(device)?;
+        if tail != crate::distill::targets::TailMode::Sampled || path == StepPath::Host {
+            return Ok(path);
+        }
+        if std::env::var(STEP_PATH_ENV).is_ok_and(|v| v.trim() == "device") {
+            return Err(Error::flag(
+                "--tail",
+                format!("sampled runs on the host step path only; unset {STEP_PATH_ENV}=device"),
+            ));
+        }
+        Ok(StepPath::Host)
+    }
+
     fn choose(env: Option<&str>, device: &Device) -> Result<Self> {
         match env.map(str::trim) {
             None | Some("") => Ok(if device.is_cpu() {

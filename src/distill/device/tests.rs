@@ -113,6 +113,9 @@ impl Case {
             tail: &self.tail,
             mask: &self.mask,
             labels: &self.labels,
+            draws: 0,
+            draw_ids: &[],
+            draw_logprobs: &[],
         }
     }
 

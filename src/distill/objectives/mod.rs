@@ -168,6 +168,12 @@ pub struct Chunk<'a, T = f32> {
     pub mask: &'a [bool],
     /// [n]: the next token where it counts for cross-entropy.
     pub labels: &'a [Option<u32>],
+    /// Tail draws per position (`precompute --tail-samples`; 0: none). Read by `--tail sampled`.
+    pub draws: usize,
+    /// [n, draws]: the drawn ids, ascending per position.
+    pub draw_ids: &'a [u32],
+    /// [n, draws]: their teacher log-probs.
+    pub draw_logprobs: &'a [T],
 }
 
 impl<T> Chunk<'_, T> {
@@ -282,6 +288,7 @@ struct Scratch {
     sorted: Vec<u32>,
     teacher: Vec<f64>,
     target: Vec<f64>,
+    entries: Vec<sampled::Entry>,
 }
 
 impl Scratch {
@@ -290,6 +297,7 @@ impl Scratch {
             sorted: Vec::with_capacity(k),
             teacher: vec![0.0; k],
             target: vec![0.0; k],
+            entries: Vec::new(),
         }
     }
 }
@@ -325,18 +333,35 @@ fn position<T: Real>(
     let t = cfg.target_t();
     let stats = row_stats(s, &sc.sorted, needs_scaled_stats(cfg.tail, t));
     let l = stats.lse;
+    if cfg.tail == TailMode::Sampled {
+        let n = c.draws;
+        let draws = sampled::Draws {
+            ids: &c.draw_ids[i * n..(i + 1) * n],
+            logprobs: &c.draw_logprobs[i * n..(i + 1) * n],
+        };
+        let label = c.labels[i].filter(|&y| (y as usize) < v);
+        let w = if label.is_some() {
+            cfg.ce_weight as f64
+        } else {
+            0.0
+        };
+        return sampled::position(
+            cfg,
+            s,
+            &rec,
+            &draws,
+            &stats,
+            label,
+            w,
+            &mut sc.entries,
+            grad,
+        );
+    }
 
     let teacher_rule = build_target(cfg.tail, 1.0, s, &rec, &stats, &mut sc.teacher);
     let (kl, teacher_xent) = closed_kl_xent(s, &rec, &sc.teacher, teacher_rule, &stats);
     let label = c.labels[i].filter(|&y| (y as usize) < v);
-    let ce = label.map(|y| l - f(s[y as usize]));
-    let mut out = LossOutput {
-        kl_sum: kl,
-        ce_sum: ce.unwrap_or(0.0),
-        positions: 1,
-        ce_positions: label.is_some() as usize,
-        ..Default::default()
-    };
+    let (ce, mut out) = position_sums(s, l, label, kl);
 
     if cfg.objective == Objective::Ce {
         out.loss_sum = out.ce_sum;
@@ -395,6 +420,25 @@ fn position<T: Real>(
     out.loss_sum = loss + w * ce.unwrap_or(0.0);
     out.target_xent_sum = xent;
     out
+}
+
+/// One counted position's next-token CE (with a label) and its [`LossOutput`] before the
+/// objective's own terms: `kl`, CE, the counts. `l` is the row's log-sum-exp.
+fn position_sums<T: Real>(
+    s: &[T],
+    l: f64,
+    label: Option<u32>,
+    kl: f64,
+) -> (Option<f64>, LossOutput) {
+    let ce = label.map(|y| l - f(s[y as usize]));
+    let out = LossOutput {
+        kl_sum: kl,
+        ce_sum: ce.unwrap_or(0.0),
+        positions: 1,
+        ce_positions: label.is_some() as usize,
+        ..Default::default()
+    };
+    (ce, out)
 }
 
 /// `(KL(p ‖ q), −Σ p log q)` of a target whose tail rule has b ∈ {0, 1} (or no tail), in one
@@ -575,5 +619,6 @@ fn generic<T: Real>(
     (loss, xent)
 }
 
+pub mod sampled;
 #[cfg(test)]
 mod tests;

@@ -76,6 +76,9 @@ impl Case {
             tail,
             mask: &self.mask,
             labels: &self.labels,
+            draws: 0,
+            draw_ids: &[],
+            draw_logprobs: &[],
         }
     }
 
@@ -100,7 +103,7 @@ impl Case {
                     match mode {
                         TailMode::Student => tau + s[y] - l_tail,
                         TailMode::Uniform => tau - ((v - self.k) as f64).ln(),
-                        TailMode::Renorm => f64::NEG_INFINITY,
+                        TailMode::Renorm | TailMode::Sampled => f64::NEG_INFINITY,
                     }
                 }
             })
