@@ -222,7 +222,7 @@ impl ShardBatch {
             list(values_name, fixed(values_name, values)?)?,
             list(
                 schema::TAIL_LOGMASS,
-                Arc::new(Float32Array::from(self.tail_logmass[pos].to_vec())),
+                Arc::new(Float32Array::from(self.tail_logmass[pos.clone()].to_vec())),
             )?,
         ];
         if self.draws > 0 {
@@ -243,15 +243,20 @@ impl ShardBatch {
                 ids_name,
                 fixed(ids_name, Arc::new(UInt32Array::from(ids)))?,
             )?);
-            columns.push(list(
-                schema::DRAW_LOGPROBS,
-                fixed(
-                    schema::DRAW_LOGPROBS,
-                    Arc::new(arrow::array::Float16Array::from(
-                        self.draw_logprobs[draws].to_vec(),
-                    )),
-                )?,
-            )?);
+            let name = schema::draw_logprobs_column(encoding);
+            let lps = &self.draw_logprobs[draws];
+            let values: ArrayRef = if encoding.sorted_by_id() {
+                let taus = &self.tail_logmass[pos.clone()];
+                Arc::new(arrow::array::UInt8Array::from(
+                    lps.iter()
+                        .enumerate()
+                        .map(|(j, lp)| schema::draw_logprob_step(lp.to_f32(), taus[j / d]))
+                        .collect::<Vec<u8>>(),
+                ))
+            } else {
+                Arc::new(arrow::array::Float16Array::from(lps.to_vec()))
+            };
+            columns.push(list(name, fixed(name, values)?)?);
         }
         RecordBatch::try_new(schema, columns).map_err(|e| internal(e.to_string()))
     }

@@ -31,6 +31,7 @@ use super::batch::ShardBatch;
 use super::encoding::{Codec, Encoding, Values};
 use super::schema::{self, check_schema_with, top_k_of};
 use crate::error::{Error, IoContext, Result};
+use half::f16;
 
 /// An open, memory-mapped shard of any format this build reads. Cheap to share across threads (`&self` reads).
 #[derive(Debug)]
@@ -326,9 +327,22 @@ impl ShardReader {
             } else {
                 out.draw_ids.extend_from_slice(ids);
             }
-            let lps = col.fixed(col.list(schema::DRAW_LOGPROBS)?, schema::DRAW_LOGPROBS)?;
-            out.draw_logprobs
-                .extend_from_slice(col.primitive::<Float16Type>(&lps, schema::DRAW_LOGPROBS)?);
+            let name = schema::draw_logprobs_column(encoding);
+            let lps = col.fixed(col.list(name)?, name)?;
+            if encoding.sorted_by_id() {
+                let steps = col.primitive::<UInt8Type>(&lps, name)?;
+                let base = out.tail_logmass.len() - steps.len() / d;
+                let taus = &out.tail_logmass[base..];
+                out.draw_logprobs.extend(
+                    steps
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &u)| f16::from_f32(schema::draw_logprob_of_step(u, taus[j / d]))),
+                );
+            } else {
+                out.draw_logprobs
+                    .extend_from_slice(col.primitive::<Float16Type>(&lps, name)?);
+            }
         }
 
         out.check_lengths()
@@ -417,7 +431,6 @@ mod tests {
 
     use crate::cache::testutil::random_batch;
     use crate::hash::xxh3_file;
-    use half::f16;
 
     /// Write `batch` with `encoding` in row groups of 4 and read it back whole, checking that the
     /// footer names `encoding` and `version` and that every column but the top-k came back as is.

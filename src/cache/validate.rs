@@ -329,7 +329,13 @@ impl PositionChecker {
             .map(|l| f64::from(l.to_f32()))
             .fold(f64::INFINITY, f64::min);
         let kth_p = kth.exp();
-        let max_p = kth_p * 1.01 + self.codec.error_bound(kth_p);
+        // f16 rounding (plain), or the 1/16-nat steps of format v5 (e^(1/32) < 1.04).
+        let rounding = if self.codec.encoding().sorted_by_id() {
+            1.04
+        } else {
+            1.01
+        };
+        let max_p = kth_p * rounding + self.codec.error_bound(kth_p);
         for (j, (&id, lp)) in ids.iter().zip(lps).enumerate() {
             let lp = lp.to_f32();
             if j > 0 && id < ids[j - 1] {

@@ -351,7 +351,9 @@ fn writer_properties(
                 .set_column_encoding(path, ParquetEncoding::DELTA_BINARY_PACKED),
             name if opts.encoding != Encoding::Plain
                 && (name == schema::ids_column(opts.encoding)
-                    || name == schema::values_column(opts.encoding)) =>
+                    || name == schema::values_column(opts.encoding)
+                    || name == schema::DRAW_ID_GAPS
+                    || name == schema::DRAW_LOGPROB_STEPS) =>
             {
                 builder
                     .set_column_data_page_size_limit(path.clone(), COMPACT_PAGE_BYTES)
@@ -362,8 +364,8 @@ fn writer_properties(
                 .set_column_dictionary_enabled(path.clone(), true)
                 .set_column_dictionary_page_size_limit(path.clone(), TOPK_IDS_DICTIONARY_BYTES)
                 .set_column_encoding(path, ParquetEncoding::PLAIN),
-            // The draws' ids (or gaps) by byte plane, as the compact top-k ids.
-            schema::TAIL_LOGMASS | schema::DRAW_IDS | schema::DRAW_ID_GAPS => {
+            // The plain draws' ids by byte plane, as the compact top-k ids.
+            schema::TAIL_LOGMASS | schema::DRAW_IDS => {
                 builder.set_column_encoding(path, ParquetEncoding::BYTE_STREAM_SPLIT)
             }
             _ => builder.set_column_encoding(path, ParquetEncoding::PLAIN),

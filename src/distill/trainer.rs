@@ -401,13 +401,28 @@ pub fn evaluate(
             stats.add(&objectives::loss_only(&cfg, &chunk));
             let k = chunk.k;
             calibration.add_host(chunk.logits, vocab, chunk.labels, chunk.mask, |i| {
-                chunk.ids[i * k]
+                teacher_top1(
+                    &chunk.ids[i * k..(i + 1) * k],
+                    &chunk.logprobs[i * k..(i + 1) * k],
+                )
             });
             Ok(())
         })?;
         loader.recycle(data);
     }
     Ok((stats, calibration))
+}
+
+/// The teacher's likeliest id of one cached record: the largest log-prob's (the first of a
+/// rank-ordered record; a compact cache stores its records by id).
+fn teacher_top1<L: Copy + PartialOrd>(ids: &[u32], logprobs: &[L]) -> u32 {
+    let mut best = 0;
+    for (j, &l) in logprobs.iter().enumerate() {
+        if l > logprobs[best] {
+            best = j;
+        }
+    }
+    ids[best]
 }
 
 /// [`evaluate`] on the device path: the sums stay on the device until the end.
@@ -461,7 +476,10 @@ fn evaluate_device(
                 &logits,
                 &labels[start..start + n],
                 &data.loss_mask[start..start + n],
-                |i| data.topk_ids[(start + i) * k],
+                |i| {
+                    let r = (start + i) * k..(start + i + 1) * k;
+                    teacher_top1(&data.topk_ids[r.clone()], &data.topk_logprobs[r])
+                },
             )?;
             start += n;
         }
@@ -683,6 +701,15 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_teachers_top1_is_the_likeliest_id_of_a_record_in_either_order() {
+        // Rank order (plain), and sorted by id (compact): the same record, the same top-1.
+        assert_eq!(teacher_top1(&[9, 3, 5], &[-0.2f32, -1.5, -2.0]), 9);
+        assert_eq!(teacher_top1(&[3, 5, 9], &[-1.5f32, -2.0, -0.2]), 9);
+        let lp = [-1.5, -2.0, -0.2].map(half::f16::from_f32);
+        assert_eq!(teacher_top1(&[3, 5, 9], &lp), 9);
+    }
     use half::f16;
 
     fn batch(seq_ids: &[u64], bad: Option<(usize, bool)>) -> Batch {

@@ -55,8 +55,12 @@ fn draws_are_the_teachers_recomputed_tail_draws_in_plain_and_compact_and_pass_ve
     let (mut ids, mut lps) = (vec![0u32; DRAWS], vec![0f32; DRAWS]);
     let mut distinct = 0usize;
     for (row, crow) in a.iter().zip(&b) {
-        // The draws do not depend on the encoding.
+        // The draws do not depend on the encoding; v5 keeps their log-probs to 1/32 nat.
         assert_eq!(row.draw_ids, crow.draw_ids, "seq {}", row.seq_ids[0]);
+        for (a, b) in row.draw_logprobs.iter().zip(&crow.draw_logprobs) {
+            let (a, b) = (a.to_f32(), b.to_f32());
+            assert!((a - b).abs() <= 1.0 / 32.0 + a.abs() * 2e-3, "{a} vs {b}");
+        }
         let input = Tensor::from_slice(&row.input_ids, (1, s), &Device::Cpu).unwrap();
         let logits: Vec<Vec<f32>> = teacher
             .forward(&input, Mode::Infer)

@@ -51,7 +51,10 @@ def expected_types(k, version, draws=0):
     }
     if version in (4, 5):
         types[draw_ids_column(version)] = f"list<item: fixed_size_list<item: uint32>[{draws}]>"
-        types["tail_draw_logprobs"] = f"list<item: fixed_size_list<item: halffloat>[{draws}]>"
+        if version == 5:
+            types["tail_draw_logprob_steps"] = f"list<item: fixed_size_list<item: uint8>[{draws}]>"
+        else:
+            types["tail_draw_logprobs"] = f"list<item: fixed_size_list<item: halffloat>[{draws}]>"
     return types
 
 
@@ -153,8 +156,16 @@ def check_draws(path, table, version, k, n, vocab):
     ids = raw.reshape(-1, n).astype(np.int64)
     if version == 5:
         ids = np.cumsum(ids, axis=1)
-    lps = pc.list_flatten(pc.list_flatten(table.column("tail_draw_logprobs"))).to_numpy()
-    lps = lps.reshape(-1, n).astype(np.float64)
+    tau = pc.list_flatten(table.column("tail_logmass")).to_numpy().astype(np.float64)
+    if version == 5:
+        # log p = tail_logmass − u/16 (schemas/v4/README.md).
+        steps = pc.list_flatten(pc.list_flatten(table.column("tail_draw_logprob_steps"))).to_numpy()
+        lps = tau[:, None] - steps.reshape(-1, n).astype(np.float64) / 16
+    else:
+        lps = pc.list_flatten(pc.list_flatten(table.column("tail_draw_logprobs"))).to_numpy()
+        lps = lps.reshape(-1, n).astype(np.float64)
+    if (lps > tau[:, None] + 1e-3).any():
+        fail(f"{path}: a tail draw's log-prob is above its position's tail log-mass")
     if ids.max() >= vocab or (n > 1 and np.diff(ids, axis=1).min() < 0):
         fail(f"{path}: tail draw ids are not ascending below vocab_size {vocab}")
     if not np.all(np.isfinite(lps)):
