@@ -333,17 +333,18 @@ fn position<T: Real>(
     let t = cfg.target_t();
     let stats = row_stats(s, &sc.sorted, needs_scaled_stats(cfg.tail, t));
     let l = stats.lse;
+    let label = c.labels[i].filter(|&y| (y as usize) < v);
+    // The weight of the next-token term added to the objective (not to `ce` itself).
+    let w = if label.is_some() {
+        cfg.ce_weight as f64
+    } else {
+        0.0
+    };
     if cfg.tail == TailMode::Sampled {
         let n = c.draws;
         let draws = sampled::Draws {
             ids: &c.draw_ids[i * n..(i + 1) * n],
             logprobs: &c.draw_logprobs[i * n..(i + 1) * n],
-        };
-        let label = c.labels[i].filter(|&y| (y as usize) < v);
-        let w = if label.is_some() {
-            cfg.ce_weight as f64
-        } else {
-            0.0
         };
         return sampled::position(
             cfg,
@@ -360,7 +361,6 @@ fn position<T: Real>(
 
     let teacher_rule = build_target(cfg.tail, 1.0, s, &rec, &stats, &mut sc.teacher);
     let (kl, teacher_xent) = closed_kl_xent(s, &rec, &sc.teacher, teacher_rule, &stats);
-    let label = c.labels[i].filter(|&y| (y as usize) < v);
     let (ce, mut out) = position_sums(s, l, label, kl);
 
     if cfg.objective == Objective::Ce {
@@ -384,11 +384,6 @@ fn position<T: Real>(
     } else {
         sc.target.copy_from_slice(&sc.teacher);
         teacher_rule
-    };
-    let w = if label.is_some() {
-        cfg.ce_weight as f64
-    } else {
-        0.0
     };
     let fast = allow_fast && cfg.objective.is_forward_kl() && rule.is_none_or(|r| r.b == 1.0);
     let (loss, xent) = if fast {

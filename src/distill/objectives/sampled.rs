@@ -48,23 +48,30 @@ pub(super) struct Entry {
     w: f64,
     /// log of the estimated teacher mass: `l_y` on K, `log(c·M/N)` on S.
     log_mass: f64,
+    /// ĥ: this id's term of the gradient before the `−q·Σĥ` part (filled by [`position`]).
+    h: f64,
 }
 
-/// The entries of one position: K, then the distinct draws with their weights.
+/// The entries of one position: K, then the distinct draws with their weights; ids at or above
+/// `vocab` (the placeholder of a position without a tail) are left out.
 pub(super) fn entries(
     rec: &Record<'_, impl Real>,
     draws: &Draws<'_, impl Real>,
+    vocab: usize,
     out: &mut Vec<Entry>,
 ) {
     out.clear();
     for (&id, &l) in rec.ids.iter().zip(rec.logprobs) {
-        let l = f(l);
-        out.push(Entry {
-            id,
-            lp: l,
-            w: 1.0,
-            log_mass: l,
-        });
+        if (id as usize) < vocab {
+            let l = f(l);
+            out.push(Entry {
+                id,
+                lp: l,
+                w: 1.0,
+                log_mass: l,
+                h: 0.0,
+            });
+        }
     }
     let tau = f(rec.tail);
     let n = draws.ids.len() as f64;
@@ -80,7 +87,7 @@ pub(super) fn entries(
             c += 1;
         }
         j += c;
-        if lp == f64::NEG_INFINITY {
+        if lp == f64::NEG_INFINITY || id as usize >= vocab {
             continue;
         }
         let log_mass = (c as f64 / n).ln() + tau;
@@ -89,6 +96,7 @@ pub(super) fn entries(
             lp,
             w: (log_mass - lp).exp(),
             log_mass,
+            h: 0.0,
         });
     }
 }
@@ -107,28 +115,20 @@ pub(super) fn position<T: Real>(
     scratch: &mut Vec<Entry>,
     mut grad: Option<&mut [T]>,
 ) -> LossOutput {
-    entries(rec, draws, scratch);
+    entries(rec, draws, s.len(), scratch);
     let l = stats.lse;
-    let vocab = s.len();
     let lq = |id: u32| f(s[id as usize]) - l;
-    let live = |e: &&Entry| (e.id as usize) < vocab;
 
     // Forward KL(p ‖ q) of the completed teacher, always reported.
     let kl: f64 = scratch
         .iter()
-        .filter(live)
         .map(|e| e.log_mass.exp() * (e.lp - lq(e.id)))
         .sum();
     let (ce, mut out) = position_sums(s, l, label, kl);
 
     // ĥ per entry (the gradient's id-wise part) and the loss.
     let (mut loss, mut xent, mut h_sum) = (0.0, 0.0, 0.0);
-    let t = if cfg.objective.is_taid() {
-        cfg.t as f64
-    } else {
-        1.0
-    };
-    let mut target = Vec::new();
+    let t = cfg.target_t();
     let w_ce = if cfg.objective == Objective::Ce {
         // Next-token cross-entropy alone: the teacher only enters the reported KL.
         if label.is_some() {
@@ -142,31 +142,34 @@ pub(super) fn position<T: Real>(
     if cfg.objective == Objective::Ce {
         xent = ce.unwrap_or(0.0);
     } else if cfg.objective.is_taid() || cfg.objective == Objective::Kl {
-        // log û: exact on K, (c·M/N)·(q/p)^{1−t} on S; normalized by the estimate's sum.
-        target.extend(scratch.iter().filter(live).map(|e| {
+        // log û: exact on K, (c·M/N)·(q/p)^{1−t} on S (held in `h` until normalized by the
+        // estimate's sum).
+        for e in scratch.iter_mut() {
+            e.h = e.log_mass + (1.0 - t) * (lq(e.id) - e.lp);
+        }
+        let m = scratch
+            .iter()
+            .map(|e| e.h)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let log_z = m + scratch.iter().map(|e| (e.h - m).exp()).sum::<f64>().ln();
+        for e in scratch.iter_mut() {
             let q = lq(e.id);
-            e.log_mass + (1.0 - t) * (q - e.lp)
-        }));
-        let m = target.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let log_z = m + target.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-        for (e, lu) in scratch.iter().filter(live).zip(target.iter_mut()) {
-            let q = lq(e.id);
-            let p_t = (*lu - log_z).exp();
+            let p_t = (e.h - log_z).exp();
             // The density of p_t at this id: q^{1−t}·p^t / Z.
             let log_density = (1.0 - t) * q + t * e.lp - log_z;
             loss += p_t * (log_density - q);
             xent -= p_t * q;
             h_sum -= p_t;
-            *lu = -p_t;
+            e.h = -p_t;
         }
     } else {
-        for e in scratch.iter().filter(live) {
+        for e in scratch.iter_mut() {
             let q = lq(e.id);
             let (phi, h) = element(cfg.objective, cfg.lambda as f64, e.lp, q);
             loss += e.w * phi;
             xent -= e.log_mass.exp() * q;
-            h_sum += e.w * h;
-            target.push(e.w * h);
+            e.h = e.w * h;
+            h_sum += e.h;
         }
     }
     if let (Some(g), true) = (
@@ -181,9 +184,9 @@ pub(super) fn position<T: Real>(
             T::from(-(h_sum - w_ce)).unwrap_or(T::nan()),
         );
         T::exp_scaled(s, lt, ct, g);
-        for (e, &h) in scratch.iter().filter(live).zip(&target) {
+        for e in scratch.iter() {
             let y = e.id as usize;
-            g[y] = g[y] + T::from(h).unwrap_or(T::nan());
+            g[y] = g[y] + T::from(e.h).unwrap_or(T::nan());
         }
         if let (Some(y), true) = (label, w_ce > 0.0) {
             g[y as usize] = g[y as usize] - T::from(w_ce).unwrap_or(T::nan());
