@@ -135,7 +135,7 @@ bench-import:
 		--work $(TARGET_DIR)/bench-import --out $(TARGET_DIR)/bench-results/import_distillkit.json
 
 ## bench-e2e: only the end-to-end rows against PyTorch (E2E_ARGS="--vocab 49152 --rounds 5" to narrow)
-bench-e2e:
+bench-e2e: setup
 	$(CARGO) build --release --locked
 	@$(MAKE) --no-print-directory bench-venv
 	$(PYTHON) benches/end_to_end.py --bin $(TARGET_DIR)/release/taidcache --python $(BENCH_VENV)/bin/python \

@@ -19,6 +19,10 @@ Then --rounds rounds, each side in turn, the first side alternating between roun
   the zstd Parquet shards; the teacher's load excluded), against benches/peers/torch_teacher.py
   --time-only on that cache's rows (forward, `log_softmax`, `topk`, `logsumexp`, copies to numpy;
   no tokenizing, no load, no I/O);
+- **precompute --dtype bf16**, the same run with the teacher's linear layers in bf16 (on the CPU,
+  AMX tile products where the CPU has them), against the same PyTorch f32 samples, with the KL
+  of its cache to the f32 cache (`Bench.cache_kl`: both completed with the tail spread evenly), and
+  the same KL for a copy of the teacher whose weights are already bf16 (`Bench.bf16_weights_kl`);
 - **a distill step** (`--objective kl`, the student's own tail, clip, AdamW; batch --batch-size):
   `taidcache distill` for --steps steps, the median of the steps after the first two (from its
   metrics.jsonl's elapsed seconds, so evaluation and start-up are outside), against
@@ -51,6 +55,19 @@ TEACHER = {"hidden": 576, "intermediate": 1536, "layers": 30, "heads": 9, "kv_he
 STUDENT = {"hidden": 256, "intermediate": 768, "layers": 4, "heads": 4, "kv_heads": 2}
 TOP_K = 50
 LR = 1e-3
+# argv: SRC DST safetensors; every matrix rounded to the nearest bf16 (ties to even), kept f32.
+ROUND_WEIGHTS = """
+import sys
+import numpy as np
+from safetensors.numpy import load_file, save_file
+out = {}
+for name, v in load_file(sys.argv[1]).items():
+    if v.ndim == 2 and v.dtype == np.float32:
+        b = v.view(np.uint32)
+        v = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    out[name] = v
+save_file(out, sys.argv[2])
+"""
 
 
 def cpu_name():
@@ -86,6 +103,10 @@ class Bench:
         self.peer_env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
                              CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
         self.samples = {"precompute": {"ours": [], "peer": []}, "distill": {"ours": [], "peer": []}}
+        if args.bf16:
+            # Its peer is the same PyTorch f32 precompute as the f32 row's.
+            self.samples["precompute-bf16"] = {"ours": [], "peer": self.samples["precompute"]["peer"]}
+        self.kl = self.kl_bf16_weights = None
 
     def fixtures(self):
         spec = {"teacher": dict(TEACHER, vocab=self.vocab), "student": dict(STUDENT, vocab=self.vocab),
@@ -109,20 +130,78 @@ class Bench:
     def cache(self):
         return os.path.join(self.dir, "cache")
 
-    def ours_precompute(self):
-        out_dir = self.cache + ".new"
+    def ours_precompute(self, dtype="f32"):
+        cache = self.cache if dtype == "f32" else self.cache + "-" + dtype
+        out_dir = cache + ".new"
         shutil.rmtree(out_dir, ignore_errors=True)
         out, _ = run([self.args.bin, "precompute", "--teacher", self.teacher, "--corpus", self.corpus,
                       "--out", out_dir, "--seq-len", str(self.args.seq_len), "--batch-size",
-                      str(self.args.batch_size), "--top-k", str(TOP_K), "--dtype", "f32", "--device", "cpu"],
-                     self.ours_env, "taidcache precompute")
+                      str(self.args.batch_size), "--top-k", str(TOP_K), "--dtype", dtype, "--device", "cpu"],
+                     self.ours_env, f"taidcache precompute --dtype {dtype}")
         m = re.search(r"\((\d+) sequences, (\d+) tokens\).*?([\d.]+)s \(([\d.]+)s teacher\)", out)
         if not m:
             sys.exit(f"end_to_end: no summary line in taidcache precompute's output:\n{out[-2000:]}")
-        shutil.rmtree(self.cache, ignore_errors=True)
-        os.rename(out_dir, self.cache)
+        shutil.rmtree(cache, ignore_errors=True)
+        os.rename(out_dir, cache)
         tokens, elapsed = int(m.group(2)), float(m.group(3))
-        self.samples["precompute"]["ours"].append(tokens / elapsed)
+        self.samples["precompute" if dtype == "f32" else f"precompute-{dtype}"]["ours"].append(tokens / elapsed)
+
+    def ours_bf16_precompute(self):
+        self.ours_precompute("bf16")
+
+    def cache_kl(self, f32_cache=None, bf16_cache=None):
+        """Mean KL(f32 cache ‖ bf16 cache) over positions, each cache's distribution completed
+        as `distill --tail uniform` completes it: its top-k log-probs, and its tail mass spread
+        evenly over the other vocab − k ids. Exact for those two distributions: summed over the
+        union of the two top-k sets, plus the ids in neither (where both are uniform)."""
+        import glob
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        def positions(cache):
+            """(ids, log-probs, tail log-mass) of every position, shard by shard."""
+            for path in sorted(glob.glob(os.path.join(cache, "shards", "*.parquet"))):
+                t = pq.read_table(path, columns=["topk_ids", "topk_logprobs", "tail_logmass"])
+                ids = t.column("topk_ids").combine_chunks().flatten().flatten().to_numpy()
+                lps = t.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy()
+                tails = t.column("tail_logmass").combine_chunks().flatten().to_numpy()
+                yield from zip(ids.reshape(-1, TOP_K), lps.astype(np.float64).reshape(-1, TOP_K),
+                               tails.astype(np.float64))
+
+        rest = self.vocab - TOP_K
+        kls = []
+        f32_cache, bf16_cache = f32_cache or self.cache, bf16_cache or self.cache + "-bf16"
+        for (ia, la, ta), (ib, lb, tb) in zip(positions(f32_cache), positions(bf16_cache)):
+            pa, pb = dict(zip(ia.tolist(), la.tolist())), dict(zip(ib.tolist(), lb.tolist()))
+            fa, fb = ta - np.log(rest), tb - np.log(rest)  # log-prob of one tail id
+            union = set(pa) | set(pb)
+            kl = sum(np.exp(pa.get(i, fa)) * (pa.get(i, fa) - pb.get(i, fb)) for i in union)
+            kl += (self.vocab - len(union)) * np.exp(fa) * (fa - fb)
+            kls.append(float(kl))
+        if not kls:
+            sys.exit(f"end_to_end: no positions in {f32_cache}/shards to compare")
+        return {"mean": float(np.mean(kls)), "p99": float(np.percentile(kls, 99)), "positions": len(kls)}
+
+    def bf16_weights_kl(self):
+        """The same KL for a copy of the teacher whose weight matrices are rounded to bf16 (as a
+        checkpoint published in bf16 holds them): what the bf16 products themselves cost, with
+        the weights' rounding taken out."""
+        teacher = os.path.join(self.dir, "teacher-bf16-weights")
+        if not os.path.exists(os.path.join(teacher, "model.safetensors")):
+            os.makedirs(teacher, exist_ok=True)
+            for f in ("config.json", "tokenizer.json"):
+                shutil.copy(os.path.join(self.teacher, f), teacher)
+            run([self.args.python, "-c", ROUND_WEIGHTS, os.path.join(self.teacher, "model.safetensors"),
+                 os.path.join(teacher, "model.safetensors")], self.peer_env, "rounding the weights to bf16")
+        caches = []
+        for dtype in ("f32", "bf16"):
+            out = os.path.join(self.dir, f"cache-bf16-weights-{dtype}")
+            shutil.rmtree(out, ignore_errors=True)
+            run([self.args.bin, "precompute", "--teacher", teacher, "--corpus", self.corpus, "--out", out,
+                 "--seq-len", str(self.args.seq_len), "--batch-size", str(self.args.batch_size), "--top-k",
+                 str(TOP_K), "--dtype", dtype, "--device", "cpu"], self.ours_env, f"precompute --dtype {dtype}")
+            caches.append(out)
+        return self.cache_kl(*caches)
 
     def peer_precompute(self):
         out_dir = os.path.join(self.dir, "peer-teacher")
@@ -166,8 +245,12 @@ class Bench:
             if not s["ours"] or not s["peer"]:
                 continue
             ours, peer = statistics.median(s["ours"]), statistics.median(s["peer"])
-            out.append({"work": work, "vocab": self.vocab, "ours_tokens_per_s": ours, "peer_tokens_per_s": peer,
-                        "ratio": ours / peer, "ours_samples": s["ours"], "peer_samples": s["peer"]})
+            row = {"work": work, "vocab": self.vocab, "ours_tokens_per_s": ours, "peer_tokens_per_s": peer,
+                   "ratio": ours / peer, "ours_samples": s["ours"], "peer_samples": s["peer"]}
+            if work == "precompute-bf16" and self.kl:
+                row["kl_to_f32_cache"] = self.kl
+                row["kl_to_f32_cache_bf16_weights"] = self.kl_bf16_weights
+            out.append(row)
         return out
 
 
@@ -188,6 +271,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", choices=["precompute", "distill"], help="one of the two works")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="leave out the `precompute --dtype bf16` row")
     args = ap.parse_args()
     args.out = args.out or os.path.join(args.work, "end_to_end.json")
     vocabs = args.vocab or [49152, 151936]
@@ -206,11 +291,23 @@ def main():
             for work in ["precompute", "distill"]:
                 if args.only and work != args.only:
                     continue
-                for side in sides:
+                order = list(sides)
+                if work == "precompute" and args.bf16:
+                    order.insert(1, "ours_bf16")
+                for side in order:
                     getattr(b, f"{side}_{work}")()
                 s = b.samples[work]
-                print(f"  v{vocab} round {r + 1} {work}: taidcache {s['ours'][-1]:,.0f} tokens/s, "
+                bf16 = ""
+                if work == "precompute" and args.bf16:
+                    bf16 = f", taidcache --dtype bf16 {b.samples['precompute-bf16']['ours'][-1]:,.0f} tokens/s"
+                print(f"  v{vocab} round {r + 1} {work}: taidcache {s['ours'][-1]:,.0f} tokens/s{bf16}, "
                       f"PyTorch {s['peer'][-1]:,.0f} tokens/s", flush=True)
+        if args.bf16 and b.samples["precompute-bf16"]["ours"]:
+            b.kl = b.cache_kl()
+            b.kl_bf16_weights = b.bf16_weights_kl()
+            for what, kl in [("", b.kl), (", weights already bf16", b.kl_bf16_weights)]:
+                print(f"  v{vocab} KL(f32 cache ‖ bf16 cache){what}, tails spread evenly: mean {kl['mean']:.2e}, "
+                      f"p99 {kl['p99']:.2e} over {kl['positions']} positions", flush=True)
         rows += b.rows()
     report = {"cpu": cpu_name(), "threads": args.threads, "seqs": args.seqs, "seq_len": args.seq_len,
               "batch_size": args.batch_size, "rounds": args.rounds, "teacher": TEACHER, "student": STUDENT,

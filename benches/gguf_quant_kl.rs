@@ -4,7 +4,8 @@
 //!
 //! ```sh
 //! cargo bench --bench gguf_quant_kl -- --gguf FILE.gguf --text a.txt [--text b.txt] \
-//!     [--tokens 1024] [--seq-len 256] [--work target/gguf-kl] [--out target/bench-results/gguf_quant_kl.json]
+//!     [--tokens 1024] [--seq-len 256] [--work target/gguf-kl] [--out target/bench-results/gguf_quant_kl.json] \
+//!     [--type BF16 --type Q8_0 ...]
 //! ```
 //!
 //! The reference is the given file's weights dequantized to f32 (for SmolLM2 that is its Q4_1
@@ -32,6 +33,8 @@ struct Args {
     seq_len: usize,
     work: PathBuf,
     out: PathBuf,
+    /// Only these rows (`--type`, repeatable; as printed: BF16, F16, Q8_0, Q6K, ...).
+    types: Vec<String>,
 }
 
 fn args() -> Args {
@@ -42,6 +45,7 @@ fn args() -> Args {
         seq_len: 256,
         work: "target/gguf-kl".into(),
         out: "target/bench-results/gguf_quant_kl.json".into(),
+        types: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +57,7 @@ fn args() -> Args {
             "--seq-len" => a.seq_len = value().parse().expect("--seq-len"),
             "--work" => a.work = value().into(),
             "--out" => a.out = value().into(),
+            "--type" => a.types.push(value()),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -63,10 +68,14 @@ fn args() -> Args {
 }
 
 /// `[positions, vocab]` log-probs of the model in `path` over `ids`, and the forward's tokens/s
-/// (the median of three forwards; loading excluded).
-fn logprobs(path: &Path, ids: &Tensor) -> (Vec<Vec<f32>>, f64) {
+/// (the median of three forwards; loading excluded). `bf16`: its dense layers rounded to bf16
+/// and multiplied by the CPU's bf16 products, as `precompute --dtype bf16` runs it on the CPU.
+fn logprobs(path: &Path, ids: &Tensor, bf16: bool) -> (Vec<Vec<f32>>, f64) {
     let model = GgufModel::open(path).unwrap();
-    let decoder = model.load(DType::F32, &Device::Cpu).unwrap();
+    let mut decoder = model.load(DType::F32, &Device::Cpu).unwrap();
+    if bf16 {
+        decoder = decoder.with_bf16_products().unwrap();
+    }
     let mut times = Vec::new();
     let mut logits = None;
     for _ in 0..3 {
@@ -115,7 +124,7 @@ fn main() {
 
     let reference = a.work.join("reference-f32.gguf");
     gguf::requantize(&a.gguf, &reference, GgmlDType::F32).unwrap();
-    let (p, ref_tps) = logprobs(&reference, &ids);
+    let (p, ref_tps) = logprobs(&reference, &ids, false);
 
     println!(
         "source {} ({source_type:?}); {} positions",
@@ -130,6 +139,7 @@ fn main() {
     );
     let mut out = Vec::new();
     for ty in [
+        GgmlDType::BF16,
         GgmlDType::F16,
         GgmlDType::Q8_0,
         GgmlDType::Q6K,
@@ -142,9 +152,18 @@ fn main() {
         GgmlDType::Q3K,
         GgmlDType::Q2K,
     ] {
-        let path = a.work.join(format!("{ty:?}.gguf"));
-        let (exact, fell) = gguf::requantize(&a.gguf, &path, ty).unwrap();
-        let (q, tps) = logprobs(&path, &ids);
+        if !a.types.is_empty() && !a.types.iter().any(|t| t == &format!("{ty:?}")) {
+            continue;
+        }
+        // BF16: the f32 reference with bf16 products (`precompute --dtype bf16` on the CPU).
+        let (path, exact, fell) = if ty == GgmlDType::BF16 {
+            (reference.clone(), 0, 0)
+        } else {
+            let path = a.work.join(format!("{ty:?}.gguf"));
+            let (exact, fell) = gguf::requantize(&a.gguf, &path, ty).unwrap();
+            (path, exact, fell)
+        };
+        let (q, tps) = logprobs(&path, &ids, ty == GgmlDType::BF16);
         let mut kls: Vec<f64> = p
             .iter()
             .zip(&q)
@@ -166,8 +185,13 @@ fn main() {
         kls.sort_by(f64::total_cmp);
         let p99 = kls[(kls.len() * 99 / 100).min(kls.len() - 1)];
         let mib = std::fs::metadata(&path).unwrap().len() as f64 / (1 << 20) as f64;
+        let name = if ty == GgmlDType::BF16 {
+            "F32 file, bf16 CPU products".to_string()
+        } else {
+            format!("{ty:?}")
+        };
         println!(
-            "| {ty:?} | {mib:.0} | {exact} / {fell} | {mean:.4} | {p99:.4} | {:.1}% | {tps:.0} | {:.2} |",
+            "| {name} | {mib:.0} | {exact} / {fell} | {mean:.5} | {p99:.5} | {:.1}% | {tps:.0} | {:.2} |",
             100.0 * agree,
             tps / ref_tps
         );
@@ -176,7 +200,9 @@ fn main() {
             "mean_kl": mean, "p99_kl": p99, "top1": agree, "tokens_per_s": tps,
             "vs_f32": tps / ref_tps,
         }));
-        std::fs::remove_file(&path).unwrap();
+        if ty != GgmlDType::BF16 {
+            std::fs::remove_file(&path).unwrap();
+        }
     }
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir).unwrap();

@@ -15,6 +15,11 @@
 //! a minute apart can drift by 10% apart from any code change: the median of the per-round
 //! ratios full / forward goes to `target/bench-results/precompute.json` for `make bench`.
 //!
+//! `bf16_products`: one product of a teacher's shapes (the output projection of a 49,152-token
+//! vocabulary on a 128-row logits chunk, and an MLP projection on a 1,024-token batch), candle's
+//! f32 matmul against [`PackedBf16::matmul`] (AMX tiles where the CPU has them, else the
+//! portable loop), in FLOP: what `--dtype bf16` changes on the CPU.
+//!
 //! `precompute-draws`: the same whole run with `--tail-samples 16` against without, paired the
 //! same way (`target/bench-results/precompute-draws.json`): what the tail draws add.
 
@@ -28,6 +33,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, Criterion, Throughput};
+use taidcache::model::bf16_products::{Kernel, PackedBf16};
 use taidcache::model::{Architecture, ModelDir};
 use taidcache::precompute::{self, PrecomputeOptions};
 use taidcache::testing::{write_tiny_model, TinySpec};
@@ -171,7 +177,33 @@ fn paired() {
     );
 }
 
-criterion_group!(benches, bench);
+/// candle's f32 product against the bf16 one on the same shapes.
+fn bf16_products(c: &mut Criterion) {
+    let mut group = c.benchmark_group("bf16_products");
+    group.sample_size(10);
+    for (m, n, k) in [(128usize, 49_152usize, 576usize), (1024, 1536, 576)] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
+        let packed = PackedBf16::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_function(format!("f32_candle/{m}x{n}x{k}"), |b| {
+            b.iter(|| x.matmul(&w.t().unwrap()).unwrap())
+        });
+        let kernel = Kernel::best();
+        let name = if kernel == Kernel::Amx {
+            "bf16_amx"
+        } else {
+            "bf16_portable"
+        };
+        group.bench_function(format!("{name}/{m}x{n}x{k}"), |b| {
+            b.iter(|| packed.matmul_with(&xs, m, kernel))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bf16_products);
 
 fn main() {
     benches();

@@ -231,6 +231,7 @@ def e2e_rows():
     """benches/end_to_end.py: taidcache / PyTorch + transformers, end to end, same threads."""
     out = []
     for work, what, goal in [("precompute", "precompute f32 (30-layer hidden-576 Llama, top-50)", 1.0),
+                             ("precompute-bf16", "precompute --dtype bf16 against PyTorch f32", 1.5),
                              ("distill", "distill step kl (4-layer hidden-256 student, batch 4 × 256)", 1.5)]:
         for vocab in (49152, 151936):
             key = f"e2e.{work}.v{vocab}"

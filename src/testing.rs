@@ -7,6 +7,16 @@ pub use crate::model::init::{write_tiny_model, Normal, TinySpec};
 
 use crate::cache::ShardBatch;
 
+/// The largest `|a − b|` over two tensors of one shape, as f32.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_dtype(candle_core::DType::F32))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("two tensors of one shape")
+}
+
 /// `rows` rows of LLM-like logits over `vocab`: Zipf-shaped in the id (frequent, small ids are
 /// likelier) with Gaussian noise, so the top-k is spread over the vocabulary as in real teachers.
 pub fn llm_like_logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {

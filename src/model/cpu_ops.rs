@@ -128,16 +128,7 @@ mod tests {
 
     use super::*;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::testing::max_abs_diff as max_diff;
 
     /// Against candle's ops: scores scaled, a causal (and windowed) mask added, softmax.
     #[test]

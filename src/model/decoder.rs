@@ -10,6 +10,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 
+use super::bf16_products::PackedBf16;
 use super::config::{Architecture, ModelConfig};
 
 type CResult<T> = candle_core::Result<T>;
@@ -35,7 +36,16 @@ fn norm(n: &RmsNorm, x: &Tensor, mode: Mode) -> CResult<Tensor> {
 /// activations: the input is cast to f32 and the output back to the input's dtype.
 pub enum Proj {
     Dense(Linear),
-    Quant { w: QMatMul, bias: Option<Tensor> },
+    Quant {
+        w: QMatMul,
+        bias: Option<Tensor>,
+    },
+    /// A dense f32 weight rounded to bf16 for the CPU's bf16 products
+    /// ([`Decoder::with_bf16_products`]); f32 in and out.
+    Bf16 {
+        w: PackedBf16,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Proj {
@@ -56,15 +66,54 @@ impl Proj {
                 };
                 y.to_dtype(dtype)
             }
+            Self::Bf16 { w, bias } => {
+                let dims = x.dims().to_vec();
+                let m = x.elem_count() / w.in_dim().max(1);
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let y = {
+                    let (storage, layout) = x.storage_and_layout();
+                    let candle_core::Storage::Cpu(cpu) = &*storage else {
+                        candle_core::bail!("bf16 products run on the CPU only");
+                    };
+                    let data = cpu.as_slice::<f32>()?;
+                    let start = layout.start_offset();
+                    w.matmul(&data[start..start + m * w.in_dim()], m)
+                };
+                let mut out_dims = dims;
+                let last = out_dims.len() - 1;
+                out_dims[last] = w.out_dim();
+                let y = Tensor::from_vec(y, out_dims, x.device())?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
         }
     }
 
-    /// The dense weight `[out, in]`; `None` when quantized.
+    /// The dense weight `[out, in]`; `None` when quantized or packed.
     fn weight(&self) -> Option<&Tensor> {
         match self {
             Self::Dense(l) => Some(l.weight()),
-            Self::Quant { .. } => None,
+            Self::Quant { .. } | Self::Bf16 { .. } => None,
         }
+    }
+
+    /// Round this layer's weight to bf16 and pack it ([`PackedBf16`]) when it is a dense f32
+    /// weight on the CPU; other layers stay as they are.
+    fn pack_bf16(&mut self) -> CResult<()> {
+        let Self::Dense(l) = self else {
+            return Ok(());
+        };
+        let w = l.weight();
+        if !w.device().is_cpu() || w.dtype() != DType::F32 {
+            return Ok(());
+        }
+        let (n, k) = w.dims2()?;
+        let packed = PackedBf16::pack(&w.flatten_all()?.to_vec1::<f32>()?, n, k);
+        let bias = l.bias().cloned();
+        *self = Self::Bf16 { w: packed, bias };
+        Ok(())
     }
 }
 
@@ -604,6 +653,55 @@ impl Decoder {
         Ok(grads)
     }
 
+    /// This model with every dense f32 linear layer on the CPU (the output projection
+    /// included, and a tied one packed once) rounded to bf16 for the CPU's bf16 products
+    /// ([`PackedBf16`]): `precompute --dtype bf16` on the CPU. Activations, norms, attention
+    /// and the embedding lookup stay f32; quantized layers stay as they are. Inference only:
+    /// the packed layers have no gradient.
+    pub fn with_bf16_products(mut self) -> CResult<Self> {
+        for layer in &mut self.layers {
+            match &mut layer.attn.qkv {
+                Qkv::Separate { q, k, v } => {
+                    q.pack_bf16()?;
+                    k.pack_bf16()?;
+                    v.pack_bf16()?;
+                }
+                Qkv::Fused(p) => p.pack_bf16()?,
+            }
+            layer.attn.o.pack_bf16()?;
+            match &mut layer.mlp.gate_up {
+                GateUp::Separate { gate, up } => {
+                    gate.pack_bf16()?;
+                    up.pack_bf16()?;
+                }
+                GateUp::Fused(p) => p.pack_bf16()?,
+            }
+            layer.mlp.down.pack_bf16()?;
+        }
+        // A tied projection packs the embedding matrix; the lookup keeps its f32 rows.
+        self.lm_head.pack_bf16()?;
+        Ok(self)
+    }
+
+    /// Every linear layer, the output projection first.
+    #[cfg(test)]
+    fn projs(&self) -> Vec<&Proj> {
+        let mut projs: Vec<&Proj> = vec![&self.lm_head];
+        for l in &self.layers {
+            match &l.attn.qkv {
+                Qkv::Separate { q, k, v } => projs.extend([q, k, v]),
+                Qkv::Fused(p) => projs.push(p),
+            }
+            projs.push(&l.attn.o);
+            match &l.mlp.gate_up {
+                GateUp::Separate { gate, up } => projs.extend([gate, up]),
+                GateUp::Fused(p) => projs.push(p),
+            }
+            projs.push(&l.mlp.down);
+        }
+        projs
+    }
+
     /// The output projection `[vocab, hidden]` (the embedding matrix when tied); `None` for a
     /// quantized teacher's.
     pub fn lm_head_weight(&self) -> Option<&Tensor> {
@@ -663,14 +761,7 @@ mod tests {
             let want = dense(&q, &k, &v, window);
             for rows in [1, 3, 5, 13, 40] {
                 let got = blocked_attention(&q, &k, &v, window, rows).unwrap();
-                let diff = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = crate::testing::max_abs_diff(&got, &want);
                 assert!(
                     diff < 1e-5,
                     "window {window:?}, {rows} rows: max |Δ| {diff}"
@@ -687,5 +778,64 @@ mod tests {
         assert!(rows * 4 * 64 * 2048 * 4 <= ATTENTION_BLOCK_BYTES);
         assert_eq!(attention_block_rows(1, 2, 10), 10);
         assert_eq!(attention_block_rows(64, 128, 1 << 20), 1);
+    }
+
+    /// `with_bf16_products` packs every linear layer of each architecture (fused, biased and
+    /// tied ones included), and the logits stay those of the f32 model up to bf16 rounding:
+    /// a relative difference above zero (the products did change) and below 2⁻⁶, with a mean
+    /// KL to the f32 model's distribution below 1e-4.
+    #[test]
+    fn bf16_products_pack_every_linear_layer_and_keep_the_f32_logits_within_bf16_rounding() {
+        use crate::model::init::{write_tiny_model, TinySpec};
+        use crate::model::{Architecture, ModelDir};
+        for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Phi3] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut spec = TinySpec::new(arch, 300);
+            spec.layers = 2;
+            write_tiny_model(dir.path(), &spec, None).unwrap();
+            let model = ModelDir::open(dir.path()).unwrap();
+            let f32_model = model.load(DType::F32, &Device::Cpu).unwrap();
+            let ids: Vec<u32> = (0..2 * 40).map(|i| (i * 37 % 300) as u32).collect();
+            let ids = Tensor::from_vec(ids, (2, 40), &Device::Cpu).unwrap();
+            let reference = f32_model.forward(&ids, Mode::Infer).unwrap();
+            let bf16_model = f32_model.with_bf16_products().unwrap();
+            let projs = bf16_model.projs();
+            let packed = projs
+                .iter()
+                .filter(|p| matches!(p, Proj::Bf16 { .. }))
+                .count();
+            assert_eq!(
+                packed,
+                projs.len(),
+                "{arch:?}: {packed} of {} packed",
+                projs.len()
+            );
+            assert!(bf16_model.lm_head_weight().is_none());
+            let got = bf16_model.forward(&ids, Mode::Infer).unwrap();
+            assert_eq!(got.dims(), reference.dims());
+            let scale = reference
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = crate::testing::max_abs_diff(&got, &reference);
+            assert!(
+                diff > 0.0 && diff < scale / 64.0,
+                "{arch:?}: logits differ by {diff} (largest logit {scale})"
+            );
+            let lp = candle_nn::ops::log_softmax(&reference, D::Minus1).unwrap();
+            let lq = candle_nn::ops::log_softmax(&got, D::Minus1).unwrap();
+            let kl = (lp.exp().unwrap() * (&lp - &lq).unwrap())
+                .unwrap()
+                .sum(D::Minus1)
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(kl < 1e-4, "{arch:?}: mean KL {kl}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! Owns Hugging Face directories (config, safetensors, tokenizer) and the forward passes.
 //! Knows nothing of corpora or caches.
 
+pub mod bf16_products;
 pub mod config;
 mod cpu_ops;
 pub mod decoder;

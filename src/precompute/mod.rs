@@ -36,6 +36,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::DType;
 use serde::Serialize;
 
 use crate::cache::create::merge_when_complete;
@@ -44,6 +45,8 @@ use crate::cache::{
 };
 use crate::corpus::{CorpusOptions, DocumentReader, SequenceStream};
 use crate::error::{Error, IoContext, Result};
+use crate::model::bf16_products::Kernel;
+use crate::model::FloatType;
 
 pub use options::PrecomputeOptions;
 pub use teacher::{forward_chunks, Chunk};
@@ -76,9 +79,14 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         .open()
         .map_err(|msg| Error::flag("--device", msg))?;
     let plan = plan::plan(opts)?;
+    // bf16 on the CPU loads the weights in f32 and runs f32 activations ([`plan::Teacher::load`]).
+    let load_dtype = match opts.dtype {
+        FloatType::Bf16 if device.is_cpu() => DType::F32,
+        t => t.dtype(),
+    };
     let memory = crate::model::memory::MemoryPlan::precompute(
         plan.teacher.config(),
-        opts.dtype.dtype(),
+        load_dtype,
         crate::model::memory::ForwardShape {
             batch: opts.batch_size,
             seq_len: opts.seq_len,
@@ -87,12 +95,25 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         teacher::QUEUED_LOGITS_BYTES,
         device.is_cpu(),
     );
-    let memory = match plan.teacher.memory_bytes(opts.dtype.dtype(), &device) {
+    let memory = match plan.teacher.memory_bytes(load_dtype, &device) {
         Some(bytes) => memory.with_teacher_weights(bytes, None),
         None => memory,
     };
     if let Some(line) = plan.teacher.describe(&device) {
         writeln!(out, "{line}").at(&opts.out)?;
+    }
+    if device.is_cpu() && opts.dtype == FloatType::Bf16 {
+        let kernel = Kernel::best();
+        let advice = match kernel {
+            Kernel::Amx => "",
+            Kernel::Portable => "; --dtype f32 is faster here",
+        };
+        writeln!(
+            out,
+            "--dtype bf16 on the CPU: the linear layers multiply bf16 weights with {}{advice}",
+            kernel.name()
+        )
+        .at(&opts.out)?;
     }
     memory.announce(out, &opts.device, &device)?;
     // Held to the end of the run, taken before anything looks at what --out holds.

@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use super::PrecomputeOptions;
 use crate::cache::{CorpusFile, CorpusInfo, Manifest, PackingInfo, TeacherInfo, WorkerInfo};
 use crate::corpus;
-use crate::error::{Error, Result};
+use crate::error::{CandleContext, Error, Result};
 use crate::hash::sha256_file;
 use crate::model::gguf::{self, GgufModel};
 use crate::model::weights::{self, MappedWeights};
@@ -35,7 +35,20 @@ impl Teacher {
         }
     }
 
+    /// The teacher in `dtype` on `device`. In bf16 on the CPU, whose matrix products have no
+    /// bf16 kernel, it is loaded in f32 and its linear layers are rounded to bf16 for the bf16
+    /// products of [`crate::model::bf16_products`].
     pub fn load(self, dtype: DType, device: &Device) -> Result<Decoder> {
+        if device.is_cpu() && dtype == DType::BF16 {
+            let what = match &self {
+                Self::Dir { model, .. } => model.dir.clone(),
+                Self::Gguf(g) => g.path.clone(),
+            };
+            return self
+                .load(DType::F32, device)?
+                .with_bf16_products()
+                .ctx(format!("{}: rounding the weights to bf16", what.display()));
+        }
         match self {
             Self::Dir { model, weights } => model.load_mapped(weights, dtype, device),
             Self::Gguf(g) => g.load(dtype, device),

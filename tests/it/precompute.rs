@@ -331,6 +331,15 @@ fn bf16_forward_picks_nearly_the_same_top_ids() {
         agree > 0.9,
         "bf16 top-1 agrees with f32 on only {agree:.3} of positions"
     );
+    // The cache says which forward made it, and the tail masses agree to bf16 rounding.
+    let manifest = Manifest::load(&o.out.join("manifest.json")).unwrap();
+    assert_eq!(manifest.dtype, "bf16");
+    let worst = f32_rows
+        .iter()
+        .zip(&bf16_rows)
+        .flat_map(|(a, b)| a.tail_logmass.iter().zip(&b.tail_logmass))
+        .fold(0f32, |w, (x, y)| w.max((x - y).abs()));
+    assert!(worst < 0.05, "tail log-masses differ by up to {worst}");
 }
 
 #[test]
