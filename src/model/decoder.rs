@@ -659,45 +659,27 @@ impl Decoder {
     /// and the embedding lookup stay f32; quantized layers stay as they are. Inference only:
     /// the packed layers have no gradient.
     pub fn with_bf16_products(mut self) -> CResult<Self> {
-        for layer in &mut self.layers {
-            match &mut layer.attn.qkv {
-                Qkv::Separate { q, k, v } => {
-                    q.pack_bf16()?;
-                    k.pack_bf16()?;
-                    v.pack_bf16()?;
-                }
-                Qkv::Fused(p) => p.pack_bf16()?,
-            }
-            layer.attn.o.pack_bf16()?;
-            match &mut layer.mlp.gate_up {
-                GateUp::Separate { gate, up } => {
-                    gate.pack_bf16()?;
-                    up.pack_bf16()?;
-                }
-                GateUp::Fused(p) => p.pack_bf16()?,
-            }
-            layer.mlp.down.pack_bf16()?;
-        }
         // A tied projection packs the embedding matrix; the lookup keeps its f32 rows.
-        self.lm_head.pack_bf16()?;
+        for p in self.projs_mut() {
+            p.pack_bf16()?;
+        }
         Ok(self)
     }
 
     /// Every linear layer, the output projection first.
-    #[cfg(test)]
-    fn projs(&self) -> Vec<&Proj> {
-        let mut projs: Vec<&Proj> = vec![&self.lm_head];
-        for l in &self.layers {
-            match &l.attn.qkv {
+    fn projs_mut(&mut self) -> Vec<&mut Proj> {
+        let mut projs: Vec<&mut Proj> = vec![&mut self.lm_head];
+        for l in &mut self.layers {
+            match &mut l.attn.qkv {
                 Qkv::Separate { q, k, v } => projs.extend([q, k, v]),
                 Qkv::Fused(p) => projs.push(p),
             }
-            projs.push(&l.attn.o);
-            match &l.mlp.gate_up {
+            projs.push(&mut l.attn.o);
+            match &mut l.mlp.gate_up {
                 GateUp::Separate { gate, up } => projs.extend([gate, up]),
                 GateUp::Fused(p) => projs.push(p),
             }
-            projs.push(&l.mlp.down);
+            projs.push(&mut l.mlp.down);
         }
         projs
     }
@@ -798,8 +780,8 @@ mod tests {
             let ids: Vec<u32> = (0..2 * 40).map(|i| (i * 37 % 300) as u32).collect();
             let ids = Tensor::from_vec(ids, (2, 40), &Device::Cpu).unwrap();
             let reference = f32_model.forward(&ids, Mode::Infer).unwrap();
-            let bf16_model = f32_model.with_bf16_products().unwrap();
-            let projs = bf16_model.projs();
+            let mut bf16_model = f32_model.with_bf16_products().unwrap();
+            let projs = bf16_model.projs_mut();
             let packed = projs
                 .iter()
                 .filter(|p| matches!(p, Proj::Bf16 { .. }))

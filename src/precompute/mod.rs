@@ -36,7 +36,6 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::DType;
 use serde::Serialize;
 
 use crate::cache::create::merge_when_complete;
@@ -46,7 +45,6 @@ use crate::cache::{
 use crate::corpus::{CorpusOptions, DocumentReader, SequenceStream};
 use crate::error::{Error, IoContext, Result};
 use crate::model::bf16_products::Kernel;
-use crate::model::FloatType;
 
 pub use options::PrecomputeOptions;
 pub use teacher::{forward_chunks, Chunk};
@@ -79,11 +77,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
         .open()
         .map_err(|msg| Error::flag("--device", msg))?;
     let plan = plan::plan(opts)?;
-    // bf16 on the CPU loads the weights in f32 and runs f32 activations ([`plan::Teacher::load`]).
-    let load_dtype = match opts.dtype {
-        FloatType::Bf16 if device.is_cpu() => DType::F32,
-        t => t.dtype(),
-    };
+    let load_dtype = plan::load_dtype(opts.dtype.dtype(), &device);
     let memory = crate::model::memory::MemoryPlan::precompute(
         plan.teacher.config(),
         load_dtype,
@@ -102,7 +96,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
     if let Some(line) = plan.teacher.describe(&device) {
         writeln!(out, "{line}").at(&opts.out)?;
     }
-    if device.is_cpu() && opts.dtype == FloatType::Bf16 {
+    if load_dtype != opts.dtype.dtype() {
         let kernel = Kernel::best();
         let advice = match kernel {
             Kernel::Amx => "",

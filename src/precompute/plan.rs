@@ -39,7 +39,7 @@ impl Teacher {
     /// bf16 kernel, it is loaded in f32 and its linear layers are rounded to bf16 for the bf16
     /// products of [`crate::model::bf16_products`].
     pub fn load(self, dtype: DType, device: &Device) -> Result<Decoder> {
-        if device.is_cpu() && dtype == DType::BF16 {
+        if load_dtype(dtype, device) != dtype {
             let what = match &self {
                 Self::Dir { model, .. } => model.dir.clone(),
                 Self::Gguf(g) => g.path.clone(),
@@ -87,6 +87,17 @@ impl Teacher {
             ));
         }
         Some(line)
+    }
+}
+
+/// The dtype the teacher's weights are loaded in for a forward in `dtype` on `device`: f32 for
+/// bf16 on the CPU (the weights are then packed for [`crate::model::bf16_products`] and the
+/// activations stay f32), else `dtype`.
+pub(super) fn load_dtype(dtype: DType, device: &Device) -> DType {
+    if device.is_cpu() && dtype == DType::BF16 {
+        DType::F32
+    } else {
+        dtype
     }
 }
 
