@@ -27,7 +27,11 @@ Then --rounds rounds, each side in turn, the first side alternating between roun
   `taidcache distill` for --steps steps, the median of the steps after the first two (from its
   metrics.jsonl's elapsed seconds, so evaluation and start-up are outside), against
   benches/peers/torch_student.py (dense `log_softmax`, gather, the same KL, backward,
-  `clip_grad_norm_`, `torch.optim.AdamW`), its mean step after two warm-up steps.
+  `clip_grad_norm_`, `torch.optim.AdamW`), its mean step after two warm-up steps;
+- **a distill step with `--precision bf16`** (the output projection's three products in bf16 on
+  AMX tiles where the CPU has them): the same run, against the same PyTorch f32 samples (row
+  `distill-bf16`) and against torch_student.py --autocast bf16, PyTorch's own mixed precision
+  (row `distill-bf16-vs-autocast`).
 
 Both sides use the same number of threads (--threads: RAYON_NUM_THREADS for taidcache, which
 otherwise runs as a user runs it; OMP_NUM_THREADS, torch's intra-op threads, for PyTorch). It prints one row per work
@@ -106,6 +110,10 @@ class Bench:
         if args.bf16:
             # Its peer is the same PyTorch f32 precompute as the f32 row's.
             self.samples["precompute-bf16"] = {"ours": [], "peer": self.samples["precompute"]["peer"]}
+            # `distill --precision bf16` against PyTorch's f32 step, and against its bf16 autocast.
+            bf16_steps = []
+            self.samples["distill-bf16"] = {"ours": bf16_steps, "peer": self.samples["distill"]["peer"]}
+            self.samples["distill-bf16-vs-autocast"] = {"ours": bf16_steps, "peer": []}
         self.kl = self.kl_bf16_weights = None
 
     def fixtures(self):
@@ -211,13 +219,13 @@ class Bench:
         with open(os.path.join(out_dir, "torch_teacher.json")) as f:
             self.samples["precompute"]["peer"].append(json.load(f)["runs"]["f32"]["tokens_per_s"])
 
-    def ours_distill(self):
+    def ours_distill(self, precision="f32"):
         run_dir = os.path.join(self.dir, "run")
         shutil.rmtree(run_dir, ignore_errors=True)
         run([self.args.bin, "distill", "--cache", self.cache, "--student", self.student, "--out", run_dir,
              "--objective", "kl", "--tail", "student", "--steps", str(self.args.steps), "--batch-size",
              str(self.args.batch_size), "--lr", str(LR), "--seed", "0", "--device", "cpu",
-             "--eval-fraction", "0"], self.ours_env, "taidcache distill")
+             "--eval-fraction", "0", "--precision", precision], self.ours_env, f"taidcache distill --precision {precision}")
         lines = []
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             for line in f:
@@ -228,16 +236,25 @@ class Bench:
         if not steps:
             sys.exit(f"end_to_end: {run_dir}/metrics.jsonl has {len(lines)} training lines, too few to time")
         tokens = lines[1]["tokens"] - lines[0]["tokens"]
-        self.samples["distill"]["ours"].append(tokens / statistics.median(steps))
+        work = "distill" if precision == "f32" else "distill-bf16"
+        self.samples[work]["ours"].append(tokens / statistics.median(steps))
 
-    def peer_distill(self):
+    def ours_bf16_distill(self):
+        self.ours_distill("bf16")
+
+    def peer_distill(self, autocast=None):
         out = os.path.join(self.dir, "torch_student.json")
+        extra = ["--autocast", autocast] if autocast else []
         run([self.args.python, os.path.join(HERE, "peers", "torch_student.py"), "--student", self.student,
              "--cache", self.cache, "--device", "cpu", "--batch-size", str(self.args.batch_size),
-             "--steps", str(max(self.args.steps - 2, 1)), "--warmup", "2", "--lr", str(LR), "--out", out],
-            self.peer_env, "the PyTorch student")
+             "--steps", str(max(self.args.steps - 2, 1)), "--warmup", "2", "--lr", str(LR), "--out", out] + extra,
+            self.peer_env, "the PyTorch student" + (f" (autocast {autocast})" if autocast else ""))
+        work = "distill-bf16-vs-autocast" if autocast else "distill"
         with open(out) as f:
-            self.samples["distill"]["peer"].append(json.load(f)["tokens_per_s"])
+            self.samples[work]["peer"].append(json.load(f)["tokens_per_s"])
+
+    def peer_autocast_distill(self):
+        self.peer_distill("bf16")
 
     def rows(self):
         out = []
@@ -272,7 +289,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", choices=["precompute", "distill"], help="one of the two works")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false",
-                    help="leave out the `precompute --dtype bf16` row")
+                    help="leave out the bf16 rows (`precompute --dtype bf16`, `distill --precision bf16`)")
     args = ap.parse_args()
     args.out = args.out or os.path.join(args.work, "end_to_end.json")
     vocabs = args.vocab or [49152, 151936]
@@ -292,14 +309,19 @@ def main():
                 if args.only and work != args.only:
                     continue
                 order = list(sides)
-                if work == "precompute" and args.bf16:
+                if args.bf16:
                     order.insert(1, "ours_bf16")
+                    if work == "distill":
+                        order.append("peer_autocast")
                 for side in order:
                     getattr(b, f"{side}_{work}")()
                 s = b.samples[work]
                 bf16 = ""
                 if work == "precompute" and args.bf16:
                     bf16 = f", taidcache --dtype bf16 {b.samples['precompute-bf16']['ours'][-1]:,.0f} tokens/s"
+                if work == "distill" and args.bf16:
+                    bf16 = (f", taidcache --precision bf16 {b.samples['distill-bf16']['ours'][-1]:,.0f} tokens/s, "
+                            f"PyTorch autocast bf16 {b.samples['distill-bf16-vs-autocast']['peer'][-1]:,.0f} tokens/s")
                 print(f"  v{vocab} round {r + 1} {work}: taidcache {s['ours'][-1]:,.0f} tokens/s{bf16}, "
                       f"PyTorch {s['peer'][-1]:,.0f} tokens/s", flush=True)
         if args.bf16 and b.samples["precompute-bf16"]["ours"]:

@@ -232,7 +232,10 @@ def e2e_rows():
     out = []
     for work, what, goal in [("precompute", "precompute f32 (30-layer hidden-576 Llama, top-50)", 1.0),
                              ("precompute-bf16", "precompute --dtype bf16 against PyTorch f32", 1.5),
-                             ("distill", "distill step kl (4-layer hidden-256 student, batch 4 × 256)", 1.5)]:
+                             ("distill", "distill step kl (4-layer hidden-256 student, batch 4 × 256)", 1.5),
+                             ("distill-bf16", "distill step kl --precision bf16 against PyTorch f32", 1.5),
+                             ("distill-bf16-vs-autocast",
+                              "distill step kl --precision bf16 against PyTorch bf16 autocast", None)]:
         for vocab in (49152, 151936):
             key = f"e2e.{work}.v{vocab}"
             out.append(rate_vs_peer(f"{what}, V={vocab:,}: taidcache / PyTorch",

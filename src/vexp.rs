@@ -140,9 +140,9 @@ fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// One public function per kernel: a copy of `$body` compiled for AVX-512 and one for AVX2 on
 /// x86-64, chosen at run time, else the portable one.
 macro_rules! kernel {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:ident;) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:ident;) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512dq,fma")]
@@ -171,6 +171,7 @@ macro_rules! kernel {
         }
     };
 }
+pub(crate) use kernel;
 
 kernel! {
     /// `(Σ e, Σ x, Σ e·x, Σ e_c)` over `xs` with `e = exp(x − max)`, `e_c = exp(c·(x − max))`;

@@ -12,7 +12,9 @@ cached teacher completed on its tail in the student's own tail shape (`--tail st
 KL = Σ_k p_k (log p_k − log q_k) + e^τ (τ − log(1 − Σ_k q_k))), its token mean over unmasked
 positions, backward, `clip_grad_norm_`, `torch.optim.AdamW` (fused on CUDA), zero_grad. After
 `--warmup` untimed steps, `--steps` steps are timed with the device synchronized before the
-clock stops; tokens/s and `torch.cuda.max_memory_allocated` go to FILE.
+clock stops; tokens/s and `torch.cuda.max_memory_allocated` go to FILE. `--autocast bf16` runs
+the forward (and so its backward) under `torch.autocast` in bf16: PyTorch's mixed precision, what
+`taidcache distill --precision bf16` is compared with beside the f32 loop.
 """
 
 import argparse
@@ -51,6 +53,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
+    ap.add_argument("--autocast", choices=["bf16"], default=None,
+                    help="run the forward under torch.autocast in bf16 (f32 weights, moments and loss math)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -76,7 +80,8 @@ def main():
 
     def step(i):
         b = batch(i)
-        logits = model(input_ids=b["ids"]).logits
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            logits = model(input_ids=b["ids"]).logits
         loss = kl_student_tail(logits, b["top"], b["lp"], b["tail"], b["mask"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -101,6 +106,7 @@ def main():
     tokens = args.steps * args.batch_size * s
     report = {
         "torch": torch.__version__,
+        "autocast": args.autocast,
         "device": str(device),
         "params": sum(p.numel() for p in model.parameters()),
         "batch_size": args.batch_size,

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::objectives::Objective;
-use super::options::{AdaptiveSignal, DistillOptions};
+use super::options::{AdaptiveSignal, DistillOptions, Precision};
 use super::targets::TailMode;
 use crate::cache::manifest::Manifest;
 use crate::error::{Error, IoContext, Result};
@@ -89,6 +89,9 @@ pub struct Trajectory {
     pub eval_every: u64,
     /// Which rows are trained on and which are held out.
     pub eval_fraction: f64,
+    /// The output projection's products (absent from runs made before the flag: f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Trajectory {
@@ -112,6 +115,7 @@ impl Trajectory {
             seed: o.seed,
             eval_every: o.eval_every,
             eval_fraction: o.eval_fraction,
+            precision: o.precision,
         }
     }
 }

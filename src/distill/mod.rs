@@ -44,7 +44,7 @@ use crate::model::weights::{CONFIG_FILE, TOKENIZER_FILE};
 use identity::RunIdentity;
 use loader::{Cursor, Loader, LoaderOptions};
 use metrics::{MetricsLine, METRICS_FILE};
-pub use options::{AdaptiveSignal, DistillOptions};
+pub use options::{AdaptiveSignal, DistillOptions, Precision};
 use rundir::{Start, FINAL_DIR};
 use targets::TailMode;
 pub use trainer::Trainer;
@@ -204,10 +204,15 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     };
 
     let path = device::StepPath::for_run(&device, opts.tail)?;
-    let (optimizer_copies, chunk_temporaries) = match path {
+    let (optimizer_copies, mut chunk_temporaries) = match path {
         device::StepPath::Host => (3, 4),
         device::StepPath::Device => (2, 12),
     };
+    // `--precision bf16` holds a chunk's gradient split in two bf16 parts and packed once more.
+    let bf16 = opts.precision == Precision::Bf16;
+    if bf16 {
+        chunk_temporaries += 2;
+    }
     let memory = MemoryPlan::distill(
         &student_config,
         &DistillSettings {
@@ -219,10 +224,24 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
             optimizer_copies,
             loss_chunk_bytes: trainer::LOSS_CHUNK_BYTES,
             chunk_temporaries,
+            projection_copies: if bf16 { 5 } else { 3 },
             on_cpu: device.is_cpu(),
             recompute: opts.recompute,
         },
     );
+    if bf16 {
+        let kernel = crate::model::bf16_products::Kernel::best();
+        let advice = match kernel {
+            crate::model::bf16_products::Kernel::Amx => "",
+            crate::model::bf16_products::Kernel::Portable => "; --precision f32 is faster here",
+        };
+        writeln!(
+            out,
+            "--precision bf16: the output projection's products multiply bf16 operands with {}{advice}",
+            kernel.name()
+        )
+        .at(&opts.out)?;
+    }
     memory.announce(out, &opts.device, &device)?;
 
     // Loaded before `RUN/` is touched, so that a student that cannot be trained leaves no run.

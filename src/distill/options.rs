@@ -131,6 +131,23 @@ pub struct DistillOptions {
     #[arg(long)]
     #[serde(default)]
     pub recompute: bool,
+    /// The output projection's three matrix products (logits, and the two gradients behind
+    /// them: 4/5 of a step's arithmetic for a small student with a large vocabulary): f32, or
+    /// bf16 on a CPU student (AMX tiles where the CPU has them; the projection's weights and
+    /// the loss gradient rounded to bf16 as products' right operands, f32 sums). Everything
+    /// else stays f32, master weights and moments included.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// What `distill --precision` runs the output projection's products in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
 }
 
 fn yes() -> bool {
@@ -226,6 +243,15 @@ impl DistillOptions {
         self.loss_config(self.t_start)
             .validate()
             .map_err(|msg| Error::flag("--objective", msg))?;
+        if self.precision == Precision::Bf16 && !matches!(self.device, DeviceSpec::Cpu) {
+            return Err(Error::flag(
+                "--precision",
+                format!(
+                    "bf16 is built for a CPU student only; on {} train with --precision f32",
+                    self.device
+                ),
+            ));
+        }
         if self.eval_fraction > 0.0 && self.eval_cache.is_some() {
             return Err(Error::flag(
                 "--eval-fraction",

@@ -18,7 +18,7 @@ use super::device::{self, DeviceBatch, DeviceSums, StepPath};
 use super::loader::{Batch, Cursor, Loader};
 use super::objectives::{self, Chunk, LossConfig, LossOutput, Objective};
 use super::optim::{clip_factor, with_host_f32, AdamWConfig, Optimizer};
-use super::options::{AdaptiveSignal, DistillOptions};
+use super::options::{AdaptiveSignal, DistillOptions, Precision};
 use super::schedule::{LrSchedule, TaidSchedule};
 use crate::cache::ShardBatch;
 use crate::error::{CandleContext, Error, Result};
@@ -534,6 +534,16 @@ impl Trainer {
         path: StepPath,
     ) -> Result<Self> {
         student.recompute = opts.recompute;
+        student.bf16_output_products = opts.precision == Precision::Bf16;
+        if student.bf16_output_products && path == StepPath::Device {
+            return Err(Error::flag(
+                "--precision",
+                format!(
+                    "bf16 runs on the host step path only; unset {}=device",
+                    super::device::STEP_PATH_ENV
+                ),
+            ));
+        }
         let opt = Optimizer::new(
             path,
             student.params.clone(),

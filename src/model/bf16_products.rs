@@ -37,6 +37,13 @@ const TILE_K: usize = 32;
 const TILE: usize = 16;
 /// Rows (and columns) of the output block one kernel step computes: 2 × 2 tiles.
 const BLOCK: usize = 2 * TILE;
+/// `k` values a product kernel takes against every block of its task before the next: the
+/// task's tiles of one chunk (32 rows × 1024 `k` × two parts, 128 KiB, and 64 KiB of the right
+/// operand per 32 columns) stay in a core's L2 cache.
+const K_CHUNK: usize = 1024;
+/// Rows one task of [`SplitBf16::fill_scaled`] splits: two blocks, so every band it writes is
+/// whole (`mp` is a multiple of it) and a transposed source is read in runs of 256 bytes.
+const GROUP_ROWS: usize = 2 * BLOCK;
 
 /// A weight `[n, k]` (a linear layer's `[out, in]`) rounded to bf16 (round to nearest even) in
 /// AMX tile layout: for each block of 16 output columns, for each block of 32 `k`, a 1 KiB tile
@@ -95,41 +102,161 @@ fn to_bf16_bits(x: f32) -> u16 {
     }
 }
 
-/// Round `src` to bf16 into `dst` (equal lengths).
-fn round_slice(src: &[f32], dst: &mut [u16]) {
-    #[inline(always)]
-    fn body(src: &[f32], dst: &mut [u16]) {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = to_bf16_bits(s);
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw")]
-        unsafe fn avx512(src: &[f32], dst: &mut [u16]) {
-            body(src, dst)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(src: &[f32], dst: &mut [u16]) {
-            body(src, dst)
-        }
-        if is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has the features the function was compiled for.
-            return unsafe { avx512(src, dst) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { avx2(src, dst) };
-        }
-    }
-    body(src, dst)
+crate::vexp::kernel! {
+    /// One panel of [`PackedBf16::repack`]: the 16 columns from `col0`, every `k` block, in
+    /// vector code for the CPU's widest of AVX-512 and AVX2.
+    fn pack_panel(
+        src: &[f32],
+        nk: (usize, usize),
+        strides: (usize, usize),
+        kp: usize,
+        col0: usize,
+        panel: &mut [u32]
+    ) = pack_panel_body;
 }
 
-/// Split `src` into two bf16 parts, `hi = round(x)` and `lo = round(x − hi)`.
-fn split_slice(src: &[f32], hi: &mut [u16], lo: &mut [u16]) {
-    round_slice(src, hi);
-    for ((l, &h), &x) in lo.iter_mut().zip(hi.iter()).zip(src) {
-        *l = to_bf16_bits(x - f32::from_bits((h as u32) << 16));
+#[inline(always)]
+fn pack_panel_body(
+    src: &[f32],
+    (n, k): (usize, usize),
+    (ns, ks): (usize, usize),
+    kp: usize,
+    col0: usize,
+    panel: &mut [u32],
+) {
+    if ks == 1 {
+        // The panel's 16 rows rounded to bf16, each padded with zeros to `kp`.
+        let mut rows = vec![0u16; TILE * kp];
+        for (c, row) in rows.chunks_mut(kp).enumerate() {
+            if col0 + c < n {
+                let at = (col0 + c) * ns;
+                for (d, &s) in row[..k].iter_mut().zip(&src[at..at + k]) {
+                    *d = to_bf16_bits(s);
+                }
+            }
+        }
+        for (i, e) in panel.iter_mut().enumerate() {
+            // Entry (kb, r, c): column c's values at k = 32·kb + 2r and 2r + 1.
+            let (kb, r, c) = (i / (TILE * TILE), (i / TILE) % TILE, i % TILE);
+            let at = c * kp + kb * TILE_K + 2 * r;
+            *e = rows[at] as u32 | (rows[at + 1] as u32) << 16;
+        }
+        return;
+    }
+    for (pair, entries) in panel.chunks_exact_mut(TILE).enumerate() {
+        // Row `pair` of the panel's tiles holds k = 2·pair and 2·pair + 1.
+        let (k0, k1) = (2 * pair, 2 * pair + 1);
+        if ns == 1 && col0 + TILE <= n && k1 < k {
+            let (a, b) = (k0 * ks + col0, k1 * ks + col0);
+            for ((e, &x0), &x1) in entries
+                .iter_mut()
+                .zip(&src[a..a + TILE])
+                .zip(&src[b..b + TILE])
+            {
+                *e = to_bf16_bits(x0) as u32 | (to_bf16_bits(x1) as u32) << 16;
+            }
+            continue;
+        }
+        for (c, e) in entries.iter_mut().enumerate() {
+            let col = col0 + c;
+            let at = |l: usize| {
+                if col < n && l < k {
+                    to_bf16_bits(src[col * ns + l * ks]) as u32
+                } else {
+                    0
+                }
+            };
+            *e = at(k0) | at(k1) << 16;
+        }
+    }
+}
+
+crate::vexp::kernel! {
+    /// Tile bands of 16 rows of [`SplitBf16::fill_scaled`] (rows from `row0`, every `k` block;
+    /// `parts` hold whole bands), in vector code for the CPU's widest of AVX-512 and AVX2.
+    fn split_bands(
+        src: &[f32],
+        mk: (usize, usize),
+        strides: (usize, usize),
+        scale: f32,
+        row0: usize,
+        parts: [&mut [u16]; 2]
+    ) = split_bands_body;
+}
+
+#[inline(always)]
+fn split_bands_body(
+    src: &[f32],
+    (m, k): (usize, usize),
+    (rs, cs): (usize, usize),
+    scale: f32,
+    row0: usize,
+    [hi, lo]: [&mut [u16]; 2],
+) {
+    #[inline(always)]
+    fn split(x: f32) -> (u16, u16) {
+        let h = to_bf16_bits(x);
+        (h, to_bf16_bits(x - f32::from_bits((h as u32) << 16)))
+    }
+    let tile_len = TILE * TILE_K;
+    let k_blocks = k.div_ceil(TILE_K).max(1);
+    let band_len = k_blocks * tile_len;
+    let bands = hi.len() / band_len;
+    let rows = (bands * TILE).min(m.saturating_sub(row0));
+    if rows < bands * TILE || k % TILE_K != 0 {
+        // Padding: rows beyond `m`, `k` beyond its last multiple of 32.
+        hi.fill(0);
+        lo.fill(0);
+    }
+    if rs == 1 && cs != 1 {
+        // A column of the bands is a run of `src` (up to GROUP_ROWS values, a few cache
+        // lines of one page): each run is split in vector code into a small buffer, which
+        // is then transposed into the tiles from L1.
+        let mut th = [[0u16; GROUP_ROWS]; TILE_K];
+        let mut tl = [[0u16; GROUP_ROWS]; TILE_K];
+        for kb in 0..k_blocks {
+            let width = TILE_K.min(k.saturating_sub(kb * TILE_K));
+            for j in 0..width {
+                let from = (kb * TILE_K + j) * cs + row0;
+                if rows == GROUP_ROWS {
+                    let run: &[f32; GROUP_ROWS] = src[from..from + rows].try_into().unwrap();
+                    for ((h, l), &x) in th[j].iter_mut().zip(tl[j].iter_mut()).zip(run) {
+                        (*h, *l) = split(x * scale);
+                    }
+                } else {
+                    for (r, &x) in src[from..from + rows].iter().enumerate() {
+                        (th[j][r], tl[j][r]) = split(x * scale);
+                    }
+                }
+            }
+            for r in 0..rows {
+                let at = (r / TILE) * band_len + kb * tile_len + (r % TILE) * TILE_K;
+                for j in 0..width {
+                    hi[at + j] = th[j][r];
+                    lo[at + j] = tl[j][r];
+                }
+            }
+        }
+        return;
+    }
+    for r in 0..rows {
+        let row = row0 + r;
+        let band = (r / TILE) * band_len;
+        for kb in 0..k_blocks {
+            let width = TILE_K.min(k.saturating_sub(kb * TILE_K));
+            let at = band + kb * tile_len + (r % TILE) * TILE_K;
+            let (h, l) = (&mut hi[at..at + width], &mut lo[at..at + width]);
+            if cs == 1 {
+                let from = row * rs + kb * TILE_K;
+                for ((h, l), &x) in h.iter_mut().zip(l.iter_mut()).zip(&src[from..from + width]) {
+                    (*h, *l) = split(x * scale);
+                }
+            } else {
+                for (j, (h, l)) in h.iter_mut().zip(l.iter_mut()).enumerate() {
+                    (*h, *l) = split(src[row * rs + (kb * TILE_K + j) * cs] * scale);
+                }
+            }
+        }
     }
 }
 
@@ -147,29 +274,48 @@ impl PackedBf16 {
     /// Round and pack `weight`, row-major `[n, k]`.
     pub fn pack(weight: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(weight.len(), n * k, "weight of {n} × {k}");
+        let mut packed = Self::empty();
+        packed.repack(weight, n, k, (k, 1));
+        packed
+    }
+
+    /// A packing of nothing, whose buffer [`repack`](Self::repack) grows and keeps.
+    pub fn empty() -> Self {
+        Self {
+            n: 0,
+            k: 0,
+            kp: TILE_K,
+            np: BLOCK,
+            data: Vec::new(),
+        }
+    }
+
+    /// Round and pack `[n, k]` whose element (column `j`, `k` index `l`) is
+    /// `src[j * strides.0 + l * strides.1]`, into the buffer this packing already holds (no
+    /// allocation once it has held one as large). Two layouts run in vector code: `k`
+    /// contiguous (`strides.1 == 1`, a linear layer's `[out, in]`) and columns contiguous
+    /// (`strides.0 == 1`, the transpose of a row-major matrix); any other is read one value
+    /// at a time.
+    pub fn repack(&mut self, src: &[f32], n: usize, k: usize, (ns, ks): (usize, usize)) {
+        if n > 0 && k > 0 {
+            assert!(
+                (n - 1) * ns + (k - 1) * ks < src.len(),
+                "{n} × {k} with strides ({ns}, {ks}) outside {} values",
+                src.len()
+            );
+        }
         let kp = k.div_ceil(TILE_K).max(1) * TILE_K;
         let np = n.div_ceil(BLOCK).max(1) * BLOCK;
         let k_blocks = kp / TILE_K;
-        let mut data = vec![0u32; np * kp / 2];
-        data.par_chunks_mut(k_blocks * TILE * TILE)
+        (self.n, self.k, self.kp, self.np) = (n, k, kp, np);
+        // Every entry of the first `np · kp / 2` is written below; the buffer only grows.
+        if self.data.len() < np * kp / 2 {
+            self.data.resize(np * kp / 2, 0);
+        }
+        self.data[..np * kp / 2]
+            .par_chunks_mut(k_blocks * TILE * TILE)
             .enumerate()
-            .for_each(|(nb, panel)| {
-                // The panel's 16 weight rows rounded to bf16, each padded with zeros to `kp`.
-                let mut rows = vec![0u16; TILE * kp];
-                for (c, row) in rows.chunks_mut(kp).enumerate() {
-                    let col = nb * TILE + c;
-                    if col < n {
-                        round_slice(&weight[col * k..(col + 1) * k], &mut row[..k]);
-                    }
-                }
-                for (i, e) in panel.iter_mut().enumerate() {
-                    // Entry (kb, r, c): column c's values at k = 32·kb + 2r and 2r + 1.
-                    let (kb, r, c) = (i / (TILE * TILE), (i / TILE) % TILE, i % TILE);
-                    let at = c * kp + kb * TILE_K + 2 * r;
-                    *e = rows[at] as u32 | (rows[at + 1] as u32) << 16;
-                }
-            });
-        Self { n, k, kp, np, data }
+            .for_each(|(nb, panel)| pack_panel(src, (n, k), (ns, ks), kp, nb * TILE, panel));
     }
 
     /// Output features (the weight's rows).
@@ -184,7 +330,7 @@ impl PackedBf16 {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+        self.np * self.kp * 2
     }
 
     /// The weight as it is used, `[n, k]` in f32: every value a bf16.
@@ -213,170 +359,215 @@ impl PackedBf16 {
     /// [`Kernel::best`] chose it).
     pub fn matmul_with(&self, x: &[f32], m: usize, kernel: Kernel) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "activations of {m} × {}", self.k);
+        let mut a = SplitBf16::default();
+        a.fill(x, m, self.k, (self.k, 1));
+        let mut out = vec![0f32; m * self.n];
+        self.product_into(&a, &mut out, Store::PLAIN, kernel);
+        out
+    }
+
+    /// `A · Bᵀ` into `out` as `store` says, for `A` the split left operand `[m, k]` and `B`
+    /// this packing `[n, k]`: `out` holds `[m, n]` row-major (`[n, m]` when
+    /// `store.transposed`).
+    pub fn product_into(&self, a: &SplitBf16, out: &mut [f32], store: Store, kernel: Kernel) {
+        assert_eq!(a.k, self.k, "left operand of {} × {}", a.m, a.k);
+        let m = a.m;
+        assert!(out.len() >= m * self.n, "output of {} values", out.len());
         if m == 0 || self.n == 0 {
-            return vec![0f32; m * self.n];
+            return;
         }
-        // Every element is written below, by exactly one task: no zeroing pass.
-        let mut out: Vec<f32> = Vec::with_capacity(m * self.n);
-        let mp = m.div_ceil(BLOCK) * BLOCK;
-        // Activations as two bf16 parts (`hi`, then `lo` = the rest), each in tiles: for each
-        // 16 rows, for each 32 `k`, a contiguous 1 KiB tile (row-major, 16 × 32), padded with
-        // zeros; so a tile is read as one stream.
-        let k_blocks = self.kp / TILE_K;
-        let tile_len = TILE * TILE_K;
-        let mut a_hi = vec![0u16; mp * self.kp];
-        let mut a_lo = vec![0u16; mp * self.kp];
-        a_hi.par_chunks_mut(k_blocks * tile_len)
-            .zip(a_lo.par_chunks_mut(k_blocks * tile_len))
-            .enumerate()
-            .for_each(|(mt, (hi, lo))| {
-                for r in 0..TILE.min(m.saturating_sub(mt * TILE)) {
-                    let row = &x[(mt * TILE + r) * self.k..(mt * TILE + r + 1) * self.k];
-                    for (kb, src) in row.chunks(TILE_K).enumerate() {
-                        let at = kb * tile_len + r * TILE_K;
-                        split_slice(
-                            src,
-                            &mut hi[at..at + src.len()],
-                            &mut lo[at..at + src.len()],
-                        );
-                    }
-                }
-            });
         let kernel = if kernel == Kernel::Amx && !amx_available() {
             Kernel::Portable
         } else {
             kernel
         };
-        // Tasks of whole 32-column blocks, about four per thread.
-        let blocks = self.np / BLOCK;
-        let per_task = blocks
-            .div_ceil(4 * rayon::current_num_threads().max(1))
-            .max(1);
-        let out_ptr = SharedOut(out.as_mut_ptr());
-        (0..blocks.div_ceil(per_task))
-            .into_par_iter()
-            .for_each(|t| {
-                let range = t * per_task..((t + 1) * per_task).min(blocks);
-                let out = &out_ptr;
-                // SAFETY: each task writes only the output columns of its own blocks.
-                match kernel {
-                    Kernel::Amx => unsafe { self.amx_blocks([&a_hi, &a_lo], m, range, out) },
-                    Kernel::Portable => unsafe {
-                        self.portable_blocks([&a_hi, &a_lo], m, range, out)
-                    },
-                }
-            });
-        // SAFETY: the tasks above wrote all `m × n` elements (every row below `m` of every
-        // column block below `np`, cut at `n`).
-        unsafe { out.set_len(m * self.n) };
-        out
+        let out = SharedOut {
+            ptr: out.as_mut_ptr(),
+            m,
+            n: self.n,
+            store,
+        };
+        // Tasks of whole 32 × 32 blocks. Every task reads all of one operand and its own band
+        // of the other, so the larger operand is the one cut into bands: columns (about four
+        // bands per thread) when the right operand has more rows than the left, else rows (two
+        // per thread; each band then reads the right operand once, chunk by chunk).
+        let threads = rayon::current_num_threads().max(1);
+        let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), self.np / BLOCK);
+        let (row_tasks, col_tasks) = if m > self.n {
+            (row_blocks.min(2 * threads), 1)
+        } else {
+            (1, col_blocks.min(4 * threads))
+        };
+        let (rows_per, cols_per) = (
+            row_blocks.div_ceil(row_tasks),
+            col_blocks.div_ceil(col_tasks),
+        );
+        let tasks: Vec<_> = (0..row_blocks.div_ceil(rows_per))
+            .flat_map(|r| {
+                (0..col_blocks.div_ceil(cols_per)).map(move |c| {
+                    (
+                        r * rows_per..((r + 1) * rows_per).min(row_blocks),
+                        c * cols_per..((c + 1) * cols_per).min(col_blocks),
+                    )
+                })
+            })
+            .collect();
+        tasks.into_par_iter().for_each(|(rows, cols)| {
+            // SAFETY: each task writes only the output blocks of its rows and columns.
+            match kernel {
+                Kernel::Amx => unsafe { self.amx_blocks(a, rows, cols, &out) },
+                Kernel::Portable => unsafe { self.portable_blocks(a, rows, cols, &out) },
+            }
+        });
     }
 
-    /// Output columns `[32·b, 32·b + 32)` for `b` in `blocks`, by the tile instructions.
+    /// The output blocks of rows `[32·r, 32·r + 32)` for `r` in `rows` and columns
+    /// `[32·b, 32·b + 32)` for `b` in `cols`, by the tile instructions. `k` is taken in chunks
+    /// of [`K_CHUNK`] values, each chunk against every block of the task, so the task's
+    /// operands of one chunk stay in the core's cache; the sums of a block between chunks wait
+    /// in a scratch buffer (none when `k` is one chunk).
     ///
     /// # Safety
     /// The CPU has AMX and the tile state was granted ([`amx_available`]); no other task
-    /// writes these output columns.
+    /// writes these output blocks.
     unsafe fn amx_blocks(
         &self,
-        [a, a_lo]: [&[u16]; 2],
-        m: usize,
-        blocks: std::ops::Range<usize>,
+        split: &SplitBf16,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
         out: &SharedOut,
     ) {
+        let (a, a_lo, m) = (&split.hi, &split.lo, split.m);
         let kp = self.kp;
         let k_blocks = kp / TILE_K;
-        let mp = a.len() / kp;
+        let chunk_blocks = (K_CHUNK / TILE_K).min(k_blocks);
+        let chunks = k_blocks.div_ceil(chunk_blocks);
         // An activation tile is contiguous: rows 64 bytes apart.
         let a_stride = TILE_K * 2;
         let tile_len = TILE * TILE;
         let cfg = TileConfig::new();
         let mut c = [0f32; BLOCK * BLOCK];
+        // One 32 × 32 block of sums per block of the task, between chunks.
+        let mut scratch = if chunks > 1 {
+            vec![0f32; rows.len() * cols.len() * BLOCK * BLOCK]
+        } else {
+            Vec::new()
+        };
         unsafe {
             asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack));
         }
-        for b in blocks {
-            let b0 = self.data[2 * b * k_blocks * tile_len..].as_ptr();
-            let b1 = self.data[(2 * b + 1) * k_blocks * tile_len..].as_ptr();
-            for mb in 0..mp / BLOCK {
+        for chunk in 0..chunks {
+            let kbs = chunk * chunk_blocks..((chunk + 1) * chunk_blocks).min(k_blocks);
+            let last = chunk + 1 == chunks;
+            for (ri, mb) in rows.clone().enumerate() {
                 // Row tiles 2·mb and 2·mb + 1, each `k_blocks` tiles of 512 values.
                 let a0 = a[2 * mb * kp * TILE..].as_ptr();
                 let a1 = a[(2 * mb + 1) * kp * TILE..].as_ptr();
                 let l0 = a_lo[2 * mb * kp * TILE..].as_ptr();
                 let l1 = a_lo[(2 * mb + 1) * kp * TILE..].as_ptr();
-                unsafe {
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack)
-                    );
-                    for kb in 0..k_blocks {
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tileloadd tmm5, [{a1} + {sa}*1]",
-                            "tileloadd tmm6, [{b0} + {sb}*1]",
-                            "tileloadd tmm7, [{b1} + {sb}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(kb * TILE * TILE_K),
-                            a1 = in(reg) a1.add(kb * TILE * TILE_K),
-                            b0 = in(reg) b0.add(kb * tile_len),
-                            b1 = in(reg) b1.add(kb * tile_len),
-                            sa = in(reg) a_stride,
-                            sb = in(reg) TILE * 4,
-                            options(nostack, readonly)
-                        );
-                        // The activations' `lo` parts, against the weight tiles still loaded.
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tileloadd tmm5, [{a1} + {sa}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) l0.add(kb * TILE * TILE_K),
-                            a1 = in(reg) l1.add(kb * TILE * TILE_K),
-                            sa = in(reg) a_stride,
-                            options(nostack, readonly)
-                        );
-                    }
-                    // A whole block inside the output is stored in place; an edge block goes
-                    // through `c` and is cut.
+                for (ci, b) in cols.clone().enumerate() {
+                    let b0 = self.data[2 * b * k_blocks * tile_len..].as_ptr();
+                    let b1 = self.data[(2 * b + 1) * k_blocks * tile_len..].as_ptr();
+                    // A whole block of an output stored as computed (not scaled, not
+                    // transposed) keeps its sums in the output itself between chunks, and
+                    // starts from the output's values when accumulating; any other block keeps
+                    // them in `scratch` and goes out through `c`.
                     let whole = (mb + 1) * BLOCK <= m && (b + 1) * BLOCK <= self.n;
-                    let (base, stride, row_step) = if whole {
+                    let in_place = whole && !out.store.transposed && out.store.scale == 1.0;
+                    let (held, held_stride, held_row_step) = if in_place {
                         (
                             out.at(mb * BLOCK * self.n + b * BLOCK),
                             self.n * 4,
                             TILE * self.n,
                         )
                     } else {
-                        (c.as_mut_ptr(), BLOCK * 4, TILE * BLOCK)
+                        (
+                            scratch
+                                .get_mut((ri * cols.len() + ci) * BLOCK * BLOCK..)
+                                .map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
+                            BLOCK * 4,
+                            TILE * BLOCK,
+                        )
                     };
-                    asm!(
-                        "tilestored [{c0} + {s}*1], tmm0",
-                        "tilestored [{c1} + {s}*1], tmm1",
-                        "tilestored [{c2} + {s}*1], tmm2",
-                        "tilestored [{c3} + {s}*1], tmm3",
-                        c0 = in(reg) base,
-                        c1 = in(reg) base.add(TILE),
-                        c2 = in(reg) base.add(row_step),
-                        c3 = in(reg) base.add(row_step + TILE),
-                        s = in(reg) stride,
-                        options(nostack)
-                    );
-                    if whole {
-                        continue;
+                    let load = chunk > 0 || (in_place && out.store.accumulate);
+                    unsafe {
+                        if !load {
+                            asm!(
+                                "tilezero tmm0",
+                                "tilezero tmm1",
+                                "tilezero tmm2",
+                                "tilezero tmm3",
+                                options(nostack)
+                            );
+                        } else {
+                            asm!(
+                                "tileloadd tmm0, [{c0} + {s}*1]",
+                                "tileloadd tmm1, [{c1} + {s}*1]",
+                                "tileloadd tmm2, [{c2} + {s}*1]",
+                                "tileloadd tmm3, [{c3} + {s}*1]",
+                                c0 = in(reg) held,
+                                c1 = in(reg) held.add(TILE),
+                                c2 = in(reg) held.add(held_row_step),
+                                c3 = in(reg) held.add(held_row_step + TILE),
+                                s = in(reg) held_stride,
+                                options(nostack, readonly)
+                            );
+                        }
+                        for kb in kbs.clone() {
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa}*1]",
+                                "tileloadd tmm5, [{a1} + {sa}*1]",
+                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0.add(kb * TILE * TILE_K),
+                                a1 = in(reg) a1.add(kb * TILE * TILE_K),
+                                b0 = in(reg) b0.add(kb * tile_len),
+                                b1 = in(reg) b1.add(kb * tile_len),
+                                sa = in(reg) a_stride,
+                                sb = in(reg) TILE * 4,
+                                options(nostack, readonly)
+                            );
+                            // The activations' `lo` parts, against the weight tiles still loaded.
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa}*1]",
+                                "tileloadd tmm5, [{a1} + {sa}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) l0.add(kb * TILE * TILE_K),
+                                a1 = in(reg) l1.add(kb * TILE * TILE_K),
+                                sa = in(reg) a_stride,
+                                options(nostack, readonly)
+                            );
+                        }
+                        let (base, stride, row_step) = if in_place || !last {
+                            (held, held_stride, held_row_step)
+                        } else {
+                            (c.as_mut_ptr(), BLOCK * 4, TILE * BLOCK)
+                        };
+                        asm!(
+                            "tilestored [{c0} + {s}*1], tmm0",
+                            "tilestored [{c1} + {s}*1], tmm1",
+                            "tilestored [{c2} + {s}*1], tmm2",
+                            "tilestored [{c3} + {s}*1], tmm3",
+                            c0 = in(reg) base,
+                            c1 = in(reg) base.add(TILE),
+                            c2 = in(reg) base.add(row_step),
+                            c3 = in(reg) base.add(row_step + TILE),
+                            s = in(reg) stride,
+                            options(nostack)
+                        );
+                        if in_place || !last {
+                            continue;
+                        }
+                        // `c` is the 32 × 32 block, row-major.
+                        out.put(mb * BLOCK, b * BLOCK, &c, BLOCK);
                     }
-                }
-                // `c` is the 32 × 32 block, row-major.
-                let cols = BLOCK.min(self.n - b * BLOCK);
-                for r in 0..BLOCK.min(m - mb * BLOCK) {
-                    let row = mb * BLOCK + r;
-                    unsafe { out.write(row * self.n + b * BLOCK, &c[r * BLOCK..r * BLOCK + cols]) };
                 }
             }
         }
@@ -385,35 +576,34 @@ impl PackedBf16 {
         }
     }
 
-    /// The same columns as [`amx_blocks`](Self::amx_blocks), one pair of `k` at a time: the
+    /// The same blocks as [`amx_blocks`](Self::amx_blocks), one pair of `k` at a time: the
     /// even product, then the odd one, added in f32 (the tile instruction's definition).
     ///
     /// # Safety
     /// No other task writes these output columns.
     unsafe fn portable_blocks(
         &self,
-        parts: [&[u16]; 2],
-        m: usize,
-        blocks: std::ops::Range<usize>,
+        split: &SplitBf16,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
         out: &SharedOut,
     ) {
         let kp = self.kp;
         let k_blocks = kp / TILE_K;
         let mut acc = [0f32; TILE];
-        for nb in blocks.start * 2..blocks.end * 2 {
+        for nb in cols.start * 2..cols.end * 2 {
             let col0 = nb * TILE;
-            let cols = TILE.min(self.n.saturating_sub(col0));
-            if cols == 0 {
+            if col0 >= self.n {
                 break;
             }
             let panel = &self.data[nb * k_blocks * TILE * TILE..(nb + 1) * k_blocks * TILE * TILE];
-            for row in 0..m {
+            for row in rows.start * BLOCK..(rows.end * BLOCK).min(split.m) {
                 // The row's values in its row tiles, 32 `k` a tile, `hi` then `lo`.
                 let at_row = (row / TILE) * kp * TILE;
                 acc.fill(0.0);
                 for (kb, w_tile) in panel.chunks_exact(TILE * TILE).enumerate() {
                     let at = at_row + kb * TILE * TILE_K + (row % TILE) * TILE_K;
-                    for part in parts {
+                    for part in [&split.hi, &split.lo] {
                         let xa = &part[at..at + TILE_K];
                         for (pair, w) in xa.chunks_exact(2).zip(w_tile.chunks_exact(TILE)) {
                             let (x0, x1) = (
@@ -427,9 +617,91 @@ impl PackedBf16 {
                         }
                     }
                 }
-                unsafe { out.write(row * self.n + col0, &acc[..cols]) };
+                unsafe { out.put(row, col0, &acc, TILE) };
             }
         }
+    }
+}
+
+/// How a product's `[m, n]` result goes into its output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Store {
+    /// Multiplies the product.
+    pub scale: f32,
+    /// Add into the output's values instead of replacing them.
+    pub accumulate: bool,
+    /// Element `(i, j)` at `j · m + i` (the `[n, m]` transpose, row-major) instead of
+    /// `i · n + j`.
+    pub transposed: bool,
+}
+
+impl Store {
+    /// `out = A · Bᵀ`.
+    pub const PLAIN: Self = Self {
+        scale: 1.0,
+        accumulate: false,
+        transposed: false,
+    };
+}
+
+/// The left operand of a product, `[m, k]` in f32, split into two bf16 parts (`hi = round(x)`,
+/// `lo = round(x − hi)`) laid out as AMX tiles: for each 16 rows, for each 32 `k`, a contiguous
+/// 1 KiB tile (row-major, 16 × 32), zeros beyond `m` (to a multiple of 32) and `k`. The buffers
+/// are kept by [`fill`](Self::fill), so a reused split allocates nothing.
+#[derive(Default)]
+pub struct SplitBf16 {
+    m: usize,
+    k: usize,
+    hi: Vec<u16>,
+    lo: Vec<u16>,
+}
+
+impl SplitBf16 {
+    /// Split `[m, k]` whose element `(i, l)` is `src[i * strides.0 + l * strides.1]`. Rows
+    /// (`strides.1 == 1`) and columns (`strides.0 == 1`, the transpose of a row-major matrix)
+    /// run in vector code, any other layout one value at a time.
+    pub fn fill(&mut self, src: &[f32], m: usize, k: usize, strides: (usize, usize)) {
+        self.fill_scaled(src, m, k, strides, 1.0);
+    }
+
+    /// [`fill`](Self::fill) with every value multiplied by `scale` before it is split.
+    pub fn fill_scaled(
+        &mut self,
+        src: &[f32],
+        m: usize,
+        k: usize,
+        (rs, cs): (usize, usize),
+        scale: f32,
+    ) {
+        if m > 0 && k > 0 {
+            assert!(
+                (m - 1) * rs + (k - 1) * cs < src.len(),
+                "{m} × {k} with strides ({rs}, {cs}) outside {} values",
+                src.len()
+            );
+        }
+        let kp = k.div_ceil(TILE_K).max(1) * TILE_K;
+        let mp = m.div_ceil(GROUP_ROWS).max(1) * GROUP_ROWS;
+        (self.m, self.k) = (m, k);
+        // Every entry of the first `mp · kp` is written below; the buffers only grow (and are
+        // never shrunk, so a smaller fill after a larger one zeroes nothing).
+        for part in [&mut self.hi, &mut self.lo] {
+            if part.len() < mp * kp {
+                part.resize(mp * kp, 0);
+            }
+        }
+        self.hi[..mp * kp]
+            .par_chunks_mut(GROUP_ROWS * kp)
+            .zip(self.lo[..mp * kp].par_chunks_mut(GROUP_ROWS * kp))
+            .enumerate()
+            .for_each(|(g, (hi, lo))| {
+                split_bands(src, (m, k), (rs, cs), scale, g * GROUP_ROWS, [hi, lo])
+            });
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.m
     }
 }
 
@@ -439,21 +711,62 @@ impl Default for TileConfig {
     }
 }
 
-/// The output buffer, shared by tasks that write disjoint columns.
-struct SharedOut(*mut f32);
+/// The output of [`PackedBf16::product_into`], shared by tasks that write disjoint columns of
+/// the `[m, n]` result, and how they write it.
+struct SharedOut {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    store: Store,
+}
 
-// SAFETY: tasks write disjoint elements (`matmul_with`).
+// SAFETY: tasks write disjoint elements (`product_into`).
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     fn at(&self, at: usize) -> *mut f32 {
-        self.0.wrapping_add(at)
+        self.ptr.wrapping_add(at)
     }
 
+    /// Result rows from `row0` and columns from `col0`, `values[r * stride + j]` for each row
+    /// and column of the output it covers (cut at `m` and `n`), written as `store` says.
+    ///
     /// # Safety
-    /// `at + values.len()` is within the buffer and no other thread writes those elements.
-    unsafe fn write(&self, at: usize, values: &[f32]) {
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len()) };
+    /// The output holds `m × n` values and no other thread writes these elements.
+    unsafe fn put(&self, row0: usize, col0: usize, values: &[f32], stride: usize) {
+        let rows = (values.len() / stride).min(self.m - row0);
+        let cols = stride.min(self.n - col0);
+        let Store {
+            scale,
+            accumulate,
+            transposed,
+        } = self.store;
+        for r in 0..rows {
+            let src = &values[r * stride..r * stride + cols];
+            if transposed {
+                for (j, &v) in src.iter().enumerate() {
+                    // SAFETY: (row0 + r, col0 + j) is inside [m, n].
+                    let p = unsafe { &mut *self.ptr.add((col0 + j) * self.m + row0 + r) };
+                    *p = if accumulate {
+                        *p + scale * v
+                    } else {
+                        scale * v
+                    };
+                }
+            } else {
+                // SAFETY: as above, a run of `cols` values of one row.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(self.ptr.add((row0 + r) * self.n + col0), cols)
+                };
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = if accumulate {
+                        *d + scale * v
+                    } else {
+                        scale * v
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -546,6 +859,42 @@ mod tests {
         bf16::from_f32(x).to_f64()
     }
 
+    /// Every entry `(i, j)` of an `m × n` result has its error (`err_bound`'s first value)
+    /// within its bound (the second).
+    fn assert_within(
+        kernel: Kernel,
+        (m, n, k): (usize, usize, usize),
+        err_bound: impl Fn(usize, usize) -> (f64, f64),
+    ) {
+        let mut worst = 0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let (err, bound) = err_bound(i, j);
+                worst = worst.max(err / (bound + 1e-30));
+            }
+        }
+        assert!(
+            worst <= 1.0,
+            "{kernel:?} {m}×{n}×{k}: error {worst:.3} of its bound"
+        );
+    }
+
+    /// `Σ_l a(l) · round(b(l))` over `k` in f64, and the bound the method allows on it: the
+    /// split of `a` (2⁻¹⁷ of each product) plus f32 rounding of `2k` additions (2⁻²⁴ of the
+    /// products' magnitudes each).
+    fn reference(k: usize, a: impl Fn(usize) -> f32, b: impl Fn(usize) -> f32) -> (f64, f64) {
+        let (mut exact, mut mag) = (0f64, 0f64);
+        for l in 0..k {
+            let p = a(l) as f64 * round(b(l));
+            exact += p;
+            mag += p.abs();
+        }
+        (
+            exact,
+            mag * (2.0 * k as f64 * 2f64.powi(-24) + 2f64.powi(-17)),
+        )
+    }
+
     /// Every entry of `x · Wᵀ` against an f64 sum of the activations times the bf16-rounded
     /// weights, within what the method allows: the activations' split (2⁻¹⁷ of each product)
     /// plus f32 rounding of `2k` additions (2⁻²⁴ of the products' magnitudes each), for shapes
@@ -566,24 +915,10 @@ mod tests {
             assert_eq!((packed.out_dim(), packed.in_dim()), (n, k));
             let y = packed.matmul_with(&x, m, kernel);
             assert_eq!(y.len(), m * n);
-            let mut worst = 0f64;
-            for i in 0..m {
-                for j in 0..n {
-                    let (mut exact, mut mag) = (0f64, 0f64);
-                    for l in 0..k {
-                        let p = x[i * k + l] as f64 * round(w[j * k + l]);
-                        exact += p;
-                        mag += p.abs();
-                    }
-                    let err = (y[i * n + j] as f64 - exact).abs();
-                    let bound = mag * (2.0 * k as f64 * 2f64.powi(-24) + 2f64.powi(-17)) + 1e-30;
-                    worst = worst.max(err / bound);
-                }
-            }
-            assert!(
-                worst <= 1.0,
-                "{kernel:?} {m}×{n}×{k}: error {worst:.3} of its bound"
-            );
+            assert_within(kernel, (m, n, k), |i, j| {
+                let (exact, bound) = reference(k, |l| x[i * k + l], |l| w[j * k + l]);
+                ((y[i * n + j] as f64 - exact).abs(), bound)
+            });
         }
     }
 
@@ -617,6 +952,59 @@ mod tests {
             diff <= 1e-5 * scale,
             "AMX and portable differ by {diff} (scale {scale})"
         );
+    }
+
+    /// `product_into` in the layouts the CPU student's output projection uses
+    /// (`distill::cpu_head`): the left operand split from a transposed source, the right one
+    /// packed from a column-contiguous source and from a strided one, and a scaled, transposed,
+    /// accumulating store. Each entry against an f64 sum with `check`'s bound, plus the f32
+    /// rounding of the final addition.
+    fn check_layouts(kernel: Kernel) {
+        for (m, n, k) in [(5, 40, 33), (33, 70, 65), (40, 17, 100)] {
+            // A [m, k] stored transposed; B [n, k] stored as [k, n] and, for the strided
+            // case, as every other value of [n, 2k].
+            let a_t = randn(k * m, 11 + m as u64);
+            let b_t = randn(k * n, 12 + n as u64);
+            let mut b_wide = vec![f32::NAN; n * 2 * k];
+            for j in 0..n {
+                for l in 0..k {
+                    b_wide[j * 2 * k + 2 * l] = b_t[l * n + j];
+                }
+            }
+            let mut left = SplitBf16::default();
+            // A first fill of another shape, so the buffers are reused with stale values.
+            left.fill(&randn(70 * 90, 5), 70, 90, (90, 1));
+            left.fill(&a_t, m, k, (1, m));
+            assert_eq!(left.rows(), m);
+            let mut from_columns = PackedBf16::empty();
+            from_columns.repack(&randn(64 * 64, 6), 64, 64, (64, 1));
+            from_columns.repack(&b_t, n, k, (1, n));
+            let mut strided = PackedBf16::empty();
+            strided.repack(&b_wide, n, k, (2 * k, 2));
+            assert_eq!(from_columns.unpack(), strided.unpack());
+            let init = randn(m * n, 13);
+            let store = Store {
+                scale: 0.25,
+                accumulate: true,
+                transposed: true,
+            };
+            for packed in [&from_columns, &strided] {
+                let mut out = init.clone();
+                packed.product_into(&left, &mut out, store, kernel);
+                assert_within(kernel, (m, n, k), |i, j| {
+                    let (exact, bound) = reference(k, |l| a_t[l * m + i], |l| b_t[l * n + j]);
+                    let want = init[j * m + i] as f64 + 0.25 * exact;
+                    let err = (out[j * m + i] as f64 - want).abs();
+                    (err, 0.25 * bound + want.abs() * 2f64.powi(-23))
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn strided_operands_and_a_scaled_transposed_accumulating_store_meet_the_bound() {
+        check_layouts(Kernel::Portable);
+        check_layouts(Kernel::Amx);
     }
 
     #[test]

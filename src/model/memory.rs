@@ -42,6 +42,10 @@ pub struct DistillSettings {
     pub loss_chunk_bytes: usize,
     /// `[chunk, vocab]` f32 buffers the loss of a chunk holds at once.
     pub chunk_temporaries: u64,
+    /// `[vocab, hidden]` f32 buffers of the output projection's backward besides the
+    /// gradients: 3, and 2 more with `distill --precision bf16` (its packed weights and the
+    /// transposed gradient).
+    pub projection_copies: u64,
     pub on_cpu: bool,
     pub recompute: bool,
 }
@@ -146,6 +150,7 @@ impl MemoryPlan {
             optimizer_copies,
             loss_chunk_bytes,
             chunk_temporaries,
+            projection_copies,
             on_cpu,
             recompute,
         } = *run;
@@ -205,7 +210,7 @@ impl MemoryPlan {
                 Term {
                     what: "logits chunks",
                     bytes: chunk_temporaries * loss_chunk_bytes as u64
-                        + 3 * vocab_hidden
+                        + projection_copies * vocab_hidden
                         + positions * cfg.hidden_size as u64 * 4 * 2,
                     shrink: None,
                 },
@@ -431,6 +436,7 @@ mod tests {
                     optimizer_copies: 2,
                     loss_chunk_bytes: 64 << 20,
                     chunk_temporaries: 12,
+                    projection_copies: 3,
                     on_cpu: false,
                     recompute,
                 },
@@ -507,6 +513,7 @@ mod tests {
                     optimizer_copies: 3,
                     loss_chunk_bytes: 64 << 20,
                     chunk_temporaries: 4,
+                    projection_copies: 3,
                     on_cpu: true,
                     recompute: false,
                 },

@@ -27,6 +27,9 @@ pub struct Student {
     /// Recompute each layer in the backward instead of keeping its activations
     /// ([`super::Decoder::forward_train`]); `distill --recompute`.
     pub recompute: bool,
+    /// Run the output projection's products in bf16 on the CPU (`distill --precision bf16`,
+    /// `distill::cpu_head`).
+    pub bf16_output_products: bool,
     varmap: VarMap,
 }
 
@@ -80,6 +83,7 @@ impl Student {
             config_json,
             params,
             recompute: false,
+            bf16_output_products: false,
             varmap,
         })
     }

@@ -155,6 +155,10 @@ fn resume_with_any_trajectory_flag_changed_is_refused_naming_it() {
         ("--seed", Box::new(|o| o.seed = 1)),
         ("--eval-every", Box::new(|o| o.eval_every = 1)),
         ("--eval-fraction", Box::new(|o| o.eval_fraction = 0.3)),
+        (
+            "--precision",
+            Box::new(|o| o.precision = distill::Precision::Bf16),
+        ),
     ];
     for (flag, change) in &table {
         let mut o = options(&s, "run");
