@@ -204,6 +204,7 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     };
 
     let path = device::StepPath::for_run(&device, opts.tail)?;
+    trainer::check_precision(opts.precision, path)?;
     let (optimizer_copies, mut chunk_temporaries) = match path {
         device::StepPath::Host => (3, 4),
         device::StepPath::Device => (2, 12),

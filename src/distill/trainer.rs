@@ -92,6 +92,20 @@ pub fn labels(data: &ShardBatch) -> Vec<Option<u32>> {
         .collect()
 }
 
+/// `--precision bf16` runs on the host step path only (`cpu_head`).
+pub(super) fn check_precision(precision: Precision, path: StepPath) -> Result<()> {
+    if precision == Precision::Bf16 && path == StepPath::Device {
+        return Err(Error::flag(
+            "--precision",
+            format!(
+                "bf16 runs on the host step path only; unset {}=device",
+                device::STEP_PATH_ENV
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Counted positions of a batch for `objective`, known before any forward: the normalizer of the
 /// token-weighted mean across the micro-batches of a step.
 pub fn count_positions(data: &ShardBatch, objective: Objective) -> usize {
@@ -534,16 +548,8 @@ impl Trainer {
         path: StepPath,
     ) -> Result<Self> {
         student.recompute = opts.recompute;
+        check_precision(opts.precision, path)?;
         student.bf16_output_products = opts.precision == Precision::Bf16;
-        if student.bf16_output_products && path == StepPath::Device {
-            return Err(Error::flag(
-                "--precision",
-                format!(
-                    "bf16 runs on the host step path only; unset {}=device",
-                    super::device::STEP_PATH_ENV
-                ),
-            ));
-        }
         let opt = Optimizer::new(
             path,
             student.params.clone(),

@@ -463,8 +463,8 @@ fn distill_from_a_compact_cache_tracks_the_run_from_the_plain_one() {
 
 /// `--precision bf16` runs the output projection's products in bf16: 12 steps track the f32
 /// run's losses to within 1e-3 relative (measured 9e-6: the weights' bf16 rounding moves the
-/// logits by about 2⁻⁹ with random signs), without being the same run; on a GPU it is refused
-/// naming the flag, before anything is written.
+/// logits by about 2⁻⁹ with random signs), without being the same run; on a GPU and on the
+/// device step path it is refused naming the flag, before anything is written.
 #[test]
 fn distill_with_bf16_output_products_tracks_the_f32_run() {
     let s = setup(12, Some(16));
@@ -498,6 +498,25 @@ fn distill_with_bf16_output_products_tracks_the_f32_run() {
         !gpu.out.exists(),
         "a refused run created {}",
         gpu.out.display()
+    );
+
+    // The device step path (a testing aid) has no bf16 products: one line, nothing written.
+    let refused = s.fx.path("device-path-run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_taidcache"))
+        .args(cli_args(&s, &refused, 12, &["--precision", "bf16"]))
+        .env("TAIDCACHE_STEP_PATH", "device")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.trim().lines().count() == 1 && stderr.contains("--precision"),
+        "{stderr}"
+    );
+    assert!(
+        !refused.exists(),
+        "a refused run created {}",
+        refused.display()
     );
 }
 
