@@ -17,6 +17,23 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .expect("two tensors of one shape")
 }
 
+/// The largest magnitude in `t`.
+pub fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_dtype(candle_core::DType::F32))
+        .and_then(|m| m.to_scalar::<f32>())
+        .expect("a non-empty tensor")
+}
+
+/// The largest difference of `got` from `want`, relative to the largest magnitude in `want`
+/// (which must not be all zeros).
+pub fn rel_max_diff(got: &candle_core::Tensor, want: &candle_core::Tensor) -> f32 {
+    let scale = max_abs(want);
+    assert!(scale > 0.0, "the reference is all zeros");
+    max_abs_diff(got, want) / scale
+}
+
 /// `rows` rows of LLM-like logits over `vocab`: Zipf-shaped in the id (frequent, small ids are
 /// likelier) with Gaussian noise, so the top-k is spread over the vocabulary as in real teachers.
 pub fn llm_like_logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {

@@ -179,6 +179,52 @@ kernel! {
     pub fn sums_with(xs: &[f32], max: f32, c: f32) -> [f32; 4] = sums_body;
 }
 
+/// The backward of `out = silu(gate) · up` given `g = ∂/∂out`: `d_up = g · silu(gate)`,
+/// `d_gate = g · up · σ(gate) · (1 + gate · (1 − σ(gate)))`.
+#[inline(always)]
+fn silu_mul_grad_body(gate: &[f32], up: &[f32], g: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+    for ((((dg, du), &x), &u), &g) in d_gate
+        .iter_mut()
+        .zip(d_up.iter_mut())
+        .zip(gate)
+        .zip(up)
+        .zip(g)
+    {
+        let s = 1.0 / (1.0 + exp(-x));
+        *du = g * x * s;
+        *dg = g * u * s * (1.0 + x * (1.0 - s));
+    }
+}
+
+/// The backward of `y = softmax(scale · x)` given `g = ∂/∂y`: `scale · y · (g − Σ g·y)`.
+#[inline(always)]
+fn softmax_grad_body(y: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
+    let mut lanes = [0f32; LANES];
+    let (yc, gc) = (y.chunks_exact(LANES), g.chunks_exact(LANES));
+    for (j, (&a, &b)) in yc.remainder().iter().zip(gc.remainder()).enumerate() {
+        lanes[j] += a * b;
+    }
+    for (a, b) in yc.zip(gc) {
+        for j in 0..LANES {
+            lanes[j] += a[j] * b[j];
+        }
+    }
+    let dot: f32 = lanes.iter().sum();
+    for ((o, &a), &b) in out.iter_mut().zip(y).zip(g) {
+        *o = scale * a * (b - dot);
+    }
+}
+
+kernel! {
+    /// The backward of [`silu_mul`] (all five of one length).
+    pub fn silu_mul_grad_unchecked(gate: &[f32], up: &[f32], g: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) = silu_mul_grad_body;
+}
+
+kernel! {
+    /// The backward of [`softmax`] (all three of one length).
+    pub fn softmax_grad_unchecked(y: &[f32], g: &[f32], scale: f32, out: &mut [f32]) = softmax_grad_body;
+}
+
 kernel! {
     /// `dst[i] = exp(src[i] − shift) · mul` (`dst` and `src` of one length).
     pub fn exp_scaled_unchecked(src: &[f32], shift: f32, mul: f32, dst: &mut [f32]) = scaled_body;
@@ -223,6 +269,25 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         "silu_mul over slices of two lengths"
     );
     silu_mul_unchecked(gate, up, out)
+}
+
+/// The backward of `out = silu(gate) · up`: `(∂/∂gate, ∂/∂up)` given `g = ∂/∂out`.
+pub fn silu_mul_grad(gate: &[f32], up: &[f32], g: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+    let n = gate.len();
+    assert!(
+        up.len() == n && g.len() == n && d_gate.len() == n && d_up.len() == n,
+        "silu_mul_grad over slices of two lengths"
+    );
+    silu_mul_grad_unchecked(gate, up, g, d_gate, d_up)
+}
+
+/// The backward of `y = softmax(scale · x)`: `∂/∂x = scale · y · (g − Σ g·y)` given `g = ∂/∂y`.
+pub fn softmax_grad(y: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
+    assert!(
+        g.len() == y.len() && out.len() == y.len(),
+        "softmax_grad over slices of two lengths"
+    );
+    softmax_grad_unchecked(y, g, scale, out)
 }
 
 #[cfg(test)]

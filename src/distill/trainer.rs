@@ -182,7 +182,7 @@ pub(super) fn micro_batch_candle(
 pub(super) fn train_forward(student: &Student, ids: &Tensor) -> Result<(TrainForward, Tensor)> {
     let forward = student
         .model
-        .forward_train(ids, student.recompute)
+        .forward_train_in(ids, student.recompute, student.train_kernels)
         .ctx("student forward")?;
     let (b, t, h) = forward.hidden.dims3().ctx("student forward")?;
     let hidden = forward.hidden.reshape((b * t, h)).ctx("student forward")?;

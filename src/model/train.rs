@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use super::config::ModelConfig;
 use super::init::Normal;
 use super::weights::{self, CONFIG_FILE, SINGLE_FILE, TOKENIZER_FILE};
-use super::Decoder;
+use super::{Decoder, Mode};
 use crate::error::{CandleContext, Error, IoContext, Result};
 
 /// Standard deviation of the random init of linear and embedding weights (transformers'
@@ -30,6 +30,9 @@ pub struct Student {
     /// Run the output projection's products in bf16 on the CPU (`distill --precision bf16`,
     /// `distill::cpu_head`).
     pub bf16_output_products: bool,
+    /// The kernels of the training forward and backward: [`Mode::Train`] (the fused CPU ops
+    /// where they apply) unless a test asks for candle's ([`Mode::TrainReference`]).
+    pub train_kernels: Mode,
     varmap: VarMap,
 }
 
@@ -84,6 +87,7 @@ impl Student {
             params,
             recompute: false,
             bf16_output_products: false,
+            train_kernels: Mode::Train,
             varmap,
         })
     }
