@@ -84,7 +84,7 @@ fmt:
 
 ## bench: every benchmark (short criterion times), the numpy/pyarrow peers, then one table
 ## (also in target/bench-results/table.md). `make bench BENCHES="loader optim"` runs a subset.
-BENCHES ?= topk precompute shard_write storage loader optim objectives memory end_to_end
+BENCHES ?= topk precompute shard_write storage loader optim student_step objectives memory end_to_end
 BENCH_ARGS ?= --warm-up-time 1 --measurement-time 3
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 bench: setup
