@@ -17,8 +17,8 @@
 //!
 //! `bf16_products`: one product of a teacher's shapes (the output projection of a 49,152-token
 //! vocabulary on a 128-row logits chunk, and an MLP projection on a 1,024-token batch), candle's
-//! f32 matmul against [`PackedBf16::matmul`] (AMX tiles where the CPU has them, else the
-//! portable loop), in FLOP: what `--dtype bf16` changes on the CPU.
+//! f32 matmul against [`PackedBf16::matmul_with`] on each kernel this CPU has (AMX tiles,
+//! AVX-512 `vdpbf16ps`, the portable loop), in FLOP: what `--dtype bf16` changes on the CPU.
 //!
 //! `precompute-draws`: the same whole run with `--tail-samples 16` against without, paired the
 //! same way (`target/bench-results/precompute-draws.json`): what the tail draws add.
@@ -190,15 +190,17 @@ fn bf16_products(c: &mut Criterion) {
         group.bench_function(format!("f32_candle/{m}x{n}x{k}"), |b| {
             b.iter(|| x.matmul(&w.t().unwrap()).unwrap())
         });
-        let kernel = Kernel::best();
-        let name = if kernel == Kernel::Amx {
-            "bf16_amx"
-        } else {
-            "bf16_portable"
-        };
-        group.bench_function(format!("{name}/{m}x{n}x{k}"), |b| {
-            b.iter(|| packed.matmul_with(&xs, m, kernel))
-        });
+        for (kernel, name) in [
+            (Kernel::Amx, "bf16_amx"),
+            (Kernel::Dpbf16, "bf16_dpbf16"),
+            (Kernel::Portable, "bf16_portable"),
+        ] {
+            if kernel.is_available() {
+                group.bench_function(format!("{name}/{m}x{n}x{k}"), |b| {
+                    b.iter(|| packed.matmul_with(&xs, m, kernel))
+                });
+            }
+        }
     }
     group.finish();
 }

@@ -233,7 +233,8 @@ pub fn run(opts: &DistillOptions, out: &mut dyn Write) -> Result<DistillSummary>
     if bf16 {
         let kernel = crate::model::bf16_products::Kernel::best();
         let advice = match kernel {
-            crate::model::bf16_products::Kernel::Amx => "",
+            crate::model::bf16_products::Kernel::Amx
+            | crate::model::bf16_products::Kernel::Dpbf16 => "",
             crate::model::bf16_products::Kernel::Portable => "; --precision f32 is faster here",
         };
         writeln!(

@@ -12,13 +12,19 @@
 //! KL of a 30-layer hidden-576 teacher's cache to its f32 cache was 1.6e-3 (`make bench-e2e`'s
 //! v49,152 teacher, f32 weights); with two it is 0.9e-3, the rest being the weights' own
 //! rounding (none for a checkpoint stored in bf16), for about 20% more time in precompute.
+//! [`SplitBf16::fill_rounded`] keeps one part, for half the work: the two gradient products of
+//! `distill --precision bf16` (`distill::cpu_head`) take it, the logits keep two.
 //!
-//! Two kernels compute that product:
+//! Three kernels compute that product:
 //! - **AMX** (`tdpbf16ps`, Intel Sapphire Rapids and later, where the kernel lets the process
 //!   use the tile registers): 16 × 16 × 32 products per instruction. Measured on a Xeon of
 //!   family 6 model 207: about 3 TFLOP/s per core from the instruction alone, against 0.2 for
-//!   f32 FMA. The AVX-512 `vdpbf16ps` was measured too and gives half the FLOP/s of f32 FMA on
-//!   the same core, so it is not used.
+//!   f32 FMA.
+//! - **`vdpbf16ps`** (AVX-512 with `avx512_bf16`, no AMX: AMD Zen 4 and later, Intel Cooper
+//!   Lake): 16 columns × one pair of `k` per instruction. Its worth depends on the core: on a
+//!   Xeon of family 6 model 207 it gives half the FLOP/s of f32 FMA (so that CPU uses AMX), on
+//!   an AMD EPYC of family 25 model 17 (Zen 4) twice (`cargo bench --bench peak_flops`: 234
+//!   against 117 GFLOP/s per core). With two parts a product then costs what an f32 one does.
 //! - **Portable**, every other CPU: the same products in the same order (per 32 `k`, the `hi`
 //!   pairs then the `lo` pairs, `acc + a₀b₀` then `+ a₁b₁`; each product of two bf16 values is
 //!   exact in f32), so it computes what the tile instruction's definition computes. It is slower than candle's f32
@@ -63,28 +69,48 @@ pub struct PackedBf16 {
 /// The product kernel, chosen once per process ([`Kernel::best`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
+    /// `tdpbf16ps` on tiles ([`amx_available`]).
     Amx,
+    /// AVX-512 `vdpbf16ps` on 16 columns a register ([`dpbf16_available`]).
+    Dpbf16,
     Portable,
 }
 
 impl Kernel {
     /// AMX where the CPU has `amx-bf16` and the kernel grants the process the tile state;
-    /// otherwise portable.
+    /// else `vdpbf16ps` where the CPU has `avx512_bf16`; otherwise portable.
     pub fn best() -> Self {
         static BEST: OnceLock<Kernel> = OnceLock::new();
         *BEST.get_or_init(|| {
             if amx_available() {
                 Kernel::Amx
+            } else if dpbf16_available() {
+                Kernel::Dpbf16
             } else {
                 Kernel::Portable
             }
         })
     }
 
+    /// Whether this CPU runs this kernel.
+    pub fn is_available(self) -> bool {
+        self.or_available() == self
+    }
+
+    /// This kernel where the CPU runs it, else the best one it does.
+    fn or_available(self) -> Self {
+        match self {
+            Kernel::Amx if !amx_available() => Kernel::best(),
+            Kernel::Dpbf16 if !dpbf16_available() => Kernel::Portable,
+            k => k,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Amx => "AMX tiles",
-            Kernel::Portable => "a portable loop (no AMX on this CPU)",
+            Kernel::Dpbf16 => "AVX-512 vdpbf16ps (no AMX on this CPU)",
+            Kernel::Portable => "a portable loop (no AMX or avx512_bf16 on this CPU)",
         }
     }
 }
@@ -180,7 +206,8 @@ crate::vexp::kernel! {
         strides: (usize, usize),
         scale: f32,
         row0: usize,
-        parts: [&mut [u16]; 2]
+        parts: [&mut [u16]; 2],
+        two_parts: bool
     ) = split_bands_body;
 }
 
@@ -192,12 +219,17 @@ fn split_bands_body(
     scale: f32,
     row0: usize,
     [hi, lo]: [&mut [u16]; 2],
+    two_parts: bool,
 ) {
-    #[inline(always)]
-    fn split(x: f32) -> (u16, u16) {
+    // One part: `lo` is neither read nor written (`hi` alone is what the kernels read).
+    let split = |x: f32| -> (u16, u16) {
         let h = to_bf16_bits(x);
-        (h, to_bf16_bits(x - f32::from_bits((h as u32) << 16)))
-    }
+        if two_parts {
+            (h, to_bf16_bits(x - f32::from_bits((h as u32) << 16)))
+        } else {
+            (h, 0)
+        }
+    };
     let tile_len = TILE * TILE_K;
     let k_blocks = k.div_ceil(TILE_K).max(1);
     let band_len = k_blocks * tile_len;
@@ -206,7 +238,9 @@ fn split_bands_body(
     if rows < bands * TILE || k % TILE_K != 0 {
         // Padding: rows beyond `m`, `k` beyond its last multiple of 32.
         hi.fill(0);
-        lo.fill(0);
+        if two_parts {
+            lo.fill(0);
+        }
     }
     if rs == 1 && cs != 1 {
         // A column of the bands is a run of `src` (up to GROUP_ROWS values, a few cache
@@ -233,7 +267,11 @@ fn split_bands_body(
                 let at = (r / TILE) * band_len + kb * tile_len + (r % TILE) * TILE_K;
                 for j in 0..width {
                     hi[at + j] = th[j][r];
-                    lo[at + j] = tl[j][r];
+                }
+                if two_parts {
+                    for j in 0..width {
+                        lo[at + j] = tl[j][r];
+                    }
                 }
             }
         }
@@ -245,7 +283,22 @@ fn split_bands_body(
         for kb in 0..k_blocks {
             let width = TILE_K.min(k.saturating_sub(kb * TILE_K));
             let at = band + kb * tile_len + (r % TILE) * TILE_K;
-            let (h, l) = (&mut hi[at..at + width], &mut lo[at..at + width]);
+            let h = &mut hi[at..at + width];
+            if !two_parts {
+                // `hi` alone, in runs the compiler vectorizes.
+                if cs == 1 {
+                    let from = row * rs + kb * TILE_K;
+                    for (h, &x) in h.iter_mut().zip(&src[from..from + width]) {
+                        *h = to_bf16_bits(x * scale);
+                    }
+                } else {
+                    for (j, h) in h.iter_mut().enumerate() {
+                        *h = to_bf16_bits(src[row * rs + (kb * TILE_K + j) * cs] * scale);
+                    }
+                }
+                continue;
+            }
+            let l = &mut lo[at..at + width];
             if cs == 1 {
                 let from = row * rs + kb * TILE_K;
                 for ((h, l), &x) in h.iter_mut().zip(l.iter_mut()).zip(&src[from..from + width]) {
@@ -367,8 +420,7 @@ impl PackedBf16 {
     }
 
     /// `A · Bᵀ` into `out` as `store` says, for `A` the split left operand `[m, k]` and `B`
-    /// this packing `[n, k]`: `out` holds `[m, n]` row-major (`[n, m]` when
-    /// `store.transposed`).
+    /// this packing `[n, k]`: `out` holds `[m, n]` row-major.
     pub fn product_into(&self, a: &SplitBf16, out: &mut [f32], store: Store, kernel: Kernel) {
         assert_eq!(a.k, self.k, "left operand of {} × {}", a.m, a.k);
         let m = a.m;
@@ -376,11 +428,7 @@ impl PackedBf16 {
         if m == 0 || self.n == 0 {
             return;
         }
-        let kernel = if kernel == Kernel::Amx && !amx_available() {
-            Kernel::Portable
-        } else {
-            kernel
-        };
+        let kernel = kernel.or_available();
         let out = SharedOut {
             ptr: out.as_mut_ptr(),
             m,
@@ -416,9 +464,18 @@ impl PackedBf16 {
             // SAFETY: each task writes only the output blocks of its rows and columns.
             match kernel {
                 Kernel::Amx => unsafe { self.amx_blocks(a, rows, cols, &out) },
-                Kernel::Portable => unsafe { self.portable_blocks(a, rows, cols, &out) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Dpbf16 => unsafe { self.dpbf16_blocks(a, rows, cols, &out) },
+                _ => unsafe { self.portable_blocks(a, rows, cols, &out) },
             }
         });
+    }
+
+    /// `k` blocks of 32, blocks per chunk of [`K_CHUNK`], and chunks.
+    fn k_chunks(&self) -> (usize, usize, usize) {
+        let k_blocks = self.kp / TILE_K;
+        let chunk_blocks = (K_CHUNK / TILE_K).min(k_blocks);
+        (k_blocks, chunk_blocks, k_blocks.div_ceil(chunk_blocks))
     }
 
     /// The output blocks of rows `[32·r, 32·r + 32)` for `r` in `rows` and columns
@@ -439,9 +496,7 @@ impl PackedBf16 {
     ) {
         let (a, a_lo, m) = (&split.hi, &split.lo, split.m);
         let kp = self.kp;
-        let k_blocks = kp / TILE_K;
-        let chunk_blocks = (K_CHUNK / TILE_K).min(k_blocks);
-        let chunks = k_blocks.div_ceil(chunk_blocks);
+        let (k_blocks, chunk_blocks, chunks) = self.k_chunks();
         // An activation tile is contiguous: rows 64 bytes apart.
         let a_stride = TILE_K * 2;
         let tile_len = TILE * TILE;
@@ -468,12 +523,10 @@ impl PackedBf16 {
                 for (ci, b) in cols.clone().enumerate() {
                     let b0 = self.data[2 * b * k_blocks * tile_len..].as_ptr();
                     let b1 = self.data[(2 * b + 1) * k_blocks * tile_len..].as_ptr();
-                    // A whole block of an output stored as computed (not scaled, not
-                    // transposed) keeps its sums in the output itself between chunks, and
-                    // starts from the output's values when accumulating; any other block keeps
-                    // them in `scratch` and goes out through `c`.
-                    let whole = (mb + 1) * BLOCK <= m && (b + 1) * BLOCK <= self.n;
-                    let in_place = whole && !out.store.transposed && out.store.scale == 1.0;
+                    // A whole block of the output keeps its sums in the output itself between
+                    // chunks, and starts from the output's values when accumulating; a block
+                    // cut by `m` or `n` keeps them in `scratch` and goes out through `c`.
+                    let in_place = (mb + 1) * BLOCK <= m && (b + 1) * BLOCK <= self.n;
                     let (held, held_stride, held_row_step) = if in_place {
                         (
                             out.at(mb * BLOCK * self.n + b * BLOCK),
@@ -531,6 +584,9 @@ impl PackedBf16 {
                                 sb = in(reg) TILE * 4,
                                 options(nostack, readonly)
                             );
+                            if split.one_part {
+                                continue;
+                            }
                             // The activations' `lo` parts, against the weight tiles still loaded.
                             asm!(
                                 "tileloadd tmm4, [{a0} + {sa}*1]",
@@ -576,6 +632,78 @@ impl PackedBf16 {
         }
     }
 
+    /// The same blocks as [`amx_blocks`](Self::amx_blocks) by `vdpbf16ps`: [`DP_ROWS`] rows
+    /// × 32 columns at a time ([`dpbf16_rows`]), `k` in chunks of [`K_CHUNK`] as there (the
+    /// sums of the task between chunks wait in a scratch buffer; none when `k` is one chunk).
+    ///
+    /// # Safety
+    /// The CPU has `avx512f` and `avx512_bf16` ([`dpbf16_available`]); no other task writes
+    /// these output blocks.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dpbf16_blocks(
+        &self,
+        split: &SplitBf16,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        out: &SharedOut,
+    ) {
+        let kp = self.kp;
+        let (k_blocks, chunk_blocks, chunks) = self.k_chunks();
+        let tile_len = TILE * TILE;
+        let first = rows.start * BLOCK;
+        // Whole groups of rows: the split is zero beyond `m`, to a multiple of 64 rows.
+        let last = (rows.end * BLOCK).min(split.m.next_multiple_of(DP_ROWS));
+        let width = cols.len() * BLOCK;
+        let mut scratch = if chunks > 1 {
+            vec![0f32; (last - first) * width]
+        } else {
+            Vec::new()
+        };
+        let mut sums = [0f32; DP_ROWS * BLOCK];
+        for chunk in 0..chunks {
+            let kbs = chunk * chunk_blocks..((chunk + 1) * chunk_blocks).min(k_blocks);
+            for (ci, b) in cols.clone().enumerate() {
+                if b * BLOCK >= self.n {
+                    break;
+                }
+                let w = [
+                    self.data[2 * b * k_blocks * tile_len..].as_ptr(),
+                    self.data[(2 * b + 1) * k_blocks * tile_len..].as_ptr(),
+                ];
+                for row in (first..last).step_by(DP_ROWS) {
+                    // The group's first row in its row tiles (a group never crosses a tile).
+                    let at = (row / TILE) * kp * TILE + (row % TILE) * TILE_K;
+                    let parts = [split.hi[at..].as_ptr(), split.lo[at..].as_ptr()];
+                    // SAFETY: the group's rows and the block's two panels hold every `k` block
+                    // of `kbs` (the split and the packing are padded to whole tiles).
+                    unsafe {
+                        if split.one_part {
+                            dpbf16_rows::<1>(parts, w, kbs.clone(), &mut sums)
+                        } else {
+                            dpbf16_rows::<2>(parts, w, kbs.clone(), &mut sums)
+                        }
+                    };
+                    if chunks == 1 {
+                        // SAFETY: this task's block; `put` cuts it at `m` and `n`.
+                        unsafe { out.put(row, b * BLOCK, &sums, BLOCK) };
+                    } else {
+                        for (r, s) in sums.chunks_exact(BLOCK).enumerate() {
+                            let at = (row - first + r) * width + ci * BLOCK;
+                            for (d, v) in scratch[at..at + BLOCK].iter_mut().zip(s) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if chunks > 1 {
+            // SAFETY: this task's rows and columns, cut at `m` and `n` by `put`.
+            unsafe { out.put(first, cols.start * BLOCK, &scratch, width) };
+        }
+    }
+
     /// The same blocks as [`amx_blocks`](Self::amx_blocks), one pair of `k` at a time: the
     /// even product, then the odd one, added in f32 (the tile instruction's definition).
     ///
@@ -603,7 +731,7 @@ impl PackedBf16 {
                 acc.fill(0.0);
                 for (kb, w_tile) in panel.chunks_exact(TILE * TILE).enumerate() {
                     let at = at_row + kb * TILE * TILE_K + (row % TILE) * TILE_K;
-                    for part in [&split.hi, &split.lo] {
+                    for part in split.parts() {
                         let xa = &part[at..at + TILE_K];
                         for (pair, w) in xa.chunks_exact(2).zip(w_tile.chunks_exact(TILE)) {
                             let (x0, x1) = (
@@ -626,37 +754,38 @@ impl PackedBf16 {
 /// How a product's `[m, n]` result goes into its output.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Store {
-    /// Multiplies the product.
-    pub scale: f32,
     /// Add into the output's values instead of replacing them.
     pub accumulate: bool,
-    /// Element `(i, j)` at `j · m + i` (the `[n, m]` transpose, row-major) instead of
-    /// `i · n + j`.
-    pub transposed: bool,
 }
 
 impl Store {
     /// `out = A · Bᵀ`.
-    pub const PLAIN: Self = Self {
-        scale: 1.0,
-        accumulate: false,
-        transposed: false,
-    };
+    pub const PLAIN: Self = Self { accumulate: false };
 }
 
 /// The left operand of a product, `[m, k]` in f32, split into two bf16 parts (`hi = round(x)`,
 /// `lo = round(x − hi)`) laid out as AMX tiles: for each 16 rows, for each 32 `k`, a contiguous
 /// 1 KiB tile (row-major, 16 × 32), zeros beyond `m` (to a multiple of 32) and `k`. The buffers
 /// are kept by [`fill`](Self::fill), so a reused split allocates nothing.
+/// [`fill_rounded`](Self::fill_rounded) keeps `hi` alone: the products then take `round(x)`.
 #[derive(Default)]
 pub struct SplitBf16 {
     m: usize,
     k: usize,
     hi: Vec<u16>,
     lo: Vec<u16>,
+    /// `hi` alone (`lo` is stale and unread).
+    one_part: bool,
 }
 
 impl SplitBf16 {
+    /// The parts the products read: `hi`, then `lo` unless there is one part.
+    fn parts(&self) -> impl Iterator<Item = &Vec<u16>> {
+        [&self.hi, &self.lo]
+            .into_iter()
+            .take(if self.one_part { 1 } else { 2 })
+    }
+
     /// Split `[m, k]` whose element `(i, l)` is `src[i * strides.0 + l * strides.1]`. Rows
     /// (`strides.1 == 1`) and columns (`strides.0 == 1`, the transpose of a row-major matrix)
     /// run in vector code, any other layout one value at a time.
@@ -670,8 +799,33 @@ impl SplitBf16 {
         src: &[f32],
         m: usize,
         k: usize,
+        strides: (usize, usize),
+        scale: f32,
+    ) {
+        self.fill_parts(src, (m, k), strides, scale, true);
+    }
+
+    /// [`fill_scaled`](Self::fill_scaled) keeping one part, `round(scale · x)` (relative
+    /// error 2⁻⁹ where two parts keep 2⁻¹⁷): the products then cost one bf16 product each,
+    /// half the work of two parts.
+    pub fn fill_rounded(
+        &mut self,
+        src: &[f32],
+        m: usize,
+        k: usize,
+        strides: (usize, usize),
+        scale: f32,
+    ) {
+        self.fill_parts(src, (m, k), strides, scale, false);
+    }
+
+    fn fill_parts(
+        &mut self,
+        src: &[f32],
+        (m, k): (usize, usize),
         (rs, cs): (usize, usize),
         scale: f32,
+        two_parts: bool,
     ) {
         if m > 0 && k > 0 {
             assert!(
@@ -682,7 +836,7 @@ impl SplitBf16 {
         }
         let kp = k.div_ceil(TILE_K).max(1) * TILE_K;
         let mp = m.div_ceil(GROUP_ROWS).max(1) * GROUP_ROWS;
-        (self.m, self.k) = (m, k);
+        (self.m, self.k, self.one_part) = (m, k, !two_parts);
         // Every entry of the first `mp · kp` is written below; the buffers only grow (and are
         // never shrunk, so a smaller fill after a larger one zeroes nothing).
         for part in [&mut self.hi, &mut self.lo] {
@@ -695,7 +849,15 @@ impl SplitBf16 {
             .zip(self.lo[..mp * kp].par_chunks_mut(GROUP_ROWS * kp))
             .enumerate()
             .for_each(|(g, (hi, lo))| {
-                split_bands(src, (m, k), (rs, cs), scale, g * GROUP_ROWS, [hi, lo])
+                split_bands(
+                    src,
+                    (m, k),
+                    (rs, cs),
+                    scale,
+                    g * GROUP_ROWS,
+                    [hi, lo],
+                    two_parts,
+                )
             });
     }
 
@@ -736,35 +898,17 @@ impl SharedOut {
     unsafe fn put(&self, row0: usize, col0: usize, values: &[f32], stride: usize) {
         let rows = (values.len() / stride).min(self.m - row0);
         let cols = stride.min(self.n - col0);
-        let Store {
-            scale,
-            accumulate,
-            transposed,
-        } = self.store;
+        let accumulate = self.store.accumulate;
         for r in 0..rows {
             let src = &values[r * stride..r * stride + cols];
-            if transposed {
-                for (j, &v) in src.iter().enumerate() {
-                    // SAFETY: (row0 + r, col0 + j) is inside [m, n].
-                    let p = unsafe { &mut *self.ptr.add((col0 + j) * self.m + row0 + r) };
-                    *p = if accumulate {
-                        *p + scale * v
-                    } else {
-                        scale * v
-                    };
-                }
+            // SAFETY: (row0 + r, col0 .. col0 + cols) is a run of one row inside [m, n].
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.ptr.add((row0 + r) * self.n + col0), cols)
+            };
+            if accumulate {
+                dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
             } else {
-                // SAFETY: as above, a run of `cols` values of one row.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(self.ptr.add((row0 + r) * self.n + col0), cols)
-                };
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = if accumulate {
-                        *d + scale * v
-                    } else {
-                        scale * v
-                    };
-                }
+                dst.copy_from_slice(src);
             }
         }
     }
@@ -811,6 +955,90 @@ pub fn amx_available() -> bool {
     })
 }
 
+/// Rows [`dpbf16_blocks`](PackedBf16::dpbf16_blocks) takes at a time: 4 rows × 2 parts ×
+/// 2 panels of 16 columns is 16 accumulator registers, and each pair of `k` loads 2 weight
+/// registers and broadcasts 8 pairs of activations for 16 `vdpbf16ps`.
+const DP_ROWS: usize = 4;
+
+/// `sums[r · 32 + c]` = row `r` of the group times column `c` of the block, over the `k`
+/// blocks `kbs`: the first `PARTS` of the `hi` and `lo` parts (`parts`, each pointing at the
+/// group's first row in its row tile; the group's rows follow 32 values apart) against the block's two panels of
+/// 16 columns (`w`, each at its first `k` block), per pair of `k` one `vdpbf16ps` per part,
+/// row and panel (each product of two bf16 values is exact in f32; the sums round in f32).
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512_bf16`; `parts` and `w` hold every `k` block of `kbs`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dpbf16_rows<const PARTS: usize>(
+    parts: [*const u16; 2],
+    w: [*const u32; 2],
+    kbs: std::ops::Range<usize>,
+    sums: &mut [f32; DP_ROWS * BLOCK],
+) {
+    use std::arch::x86_64::*;
+    // acc[(row · 2 + part) · 2 + panel]
+    let mut acc = [_mm512_setzero_ps(); DP_ROWS * 4];
+    for kb in kbs {
+        let tile = kb * TILE * TILE;
+        let a_tile = kb * TILE * TILE_K;
+        for pair in 0..TILE {
+            // 32 bf16 values a register, as `vdpbf16ps` takes them (the same 512 bits).
+            let bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
+            // SAFETY (all loads): inside the tiles the caller vouches for.
+            let b = unsafe {
+                [
+                    bh(_mm512_loadu_si512(w[0].add(tile + pair * TILE).cast())),
+                    bh(_mm512_loadu_si512(w[1].add(tile + pair * TILE).cast())),
+                ]
+            };
+            for r in 0..DP_ROWS {
+                for (p, part) in parts.iter().enumerate().take(PARTS) {
+                    let x = unsafe {
+                        part.add(a_tile + r * TILE_K + 2 * pair)
+                            .cast::<i32>()
+                            .read_unaligned()
+                    };
+                    let x = bh(_mm512_set1_epi32(x));
+                    let i = (r * 2 + p) * 2;
+                    acc[i] = _mm512_dpbf16_ps(acc[i], x, b[0]);
+                    acc[i + 1] = _mm512_dpbf16_ps(acc[i + 1], x, b[1]);
+                }
+            }
+        }
+    }
+    for (r, row) in sums.chunks_exact_mut(BLOCK).enumerate() {
+        let i = r * 4;
+        // SAFETY: `row` holds 32 values.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), _mm512_add_ps(acc[i], acc[i + 2]));
+            _mm512_storeu_ps(
+                row[TILE..].as_mut_ptr(),
+                _mm512_add_ps(acc[i + 1], acc[i + 3]),
+            );
+        }
+    }
+}
+
+/// Whether the CPU has AVX-512 with `avx512_bf16` (and `TAIDCACHE_NO_DPBF16` is unset, which
+/// forces the portable loop on such a CPU).
+pub fn dpbf16_available() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        if std::env::var_os("TAIDCACHE_NO_DPBF16").is_some() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn amx_granted() -> bool {
     use std::arch::x86_64::{__cpuid_count, _xgetbv};
@@ -853,6 +1081,10 @@ mod tests {
     fn randn(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = Normal::new(seed);
         (0..n).map(|_| rng.sample()).collect()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()))
     }
 
     fn round(x: f32) -> f64 {
@@ -927,36 +1159,64 @@ mod tests {
         check(Kernel::Portable);
     }
 
-    /// On a CPU with AMX (checked by CPUID and the kernel's grant), the tile kernel meets the
-    /// same bound and agrees with the portable loop to within f32 rounding of the sums; on
-    /// any other CPU the test says it checked only the fallback.
-    #[test]
-    fn the_amx_product_equals_the_portable_one_where_the_cpu_has_amx() {
-        check(Kernel::Amx);
-        if !amx_available() {
-            eprintln!("this CPU has no AMX: the Amx kernel request ran the portable loop");
-            return;
+    /// `kernel` against the portable loop on a product whose `k` (1,100) spans two of the
+    /// kernels' chunks of `k` and whose `m` and `n` are cut off the blocks: equal to within f32
+    /// rounding of the sums (1e-5 of the largest entry). `false` where the CPU lacks `kernel`.
+    fn equals_portable(kernel: Kernel) -> bool {
+        if !kernel.is_available() {
+            eprintln!("this CPU lacks {kernel:?}: checked only the kernel it runs instead");
+            return false;
         }
-        let (m, n, k) = (65, 130, 600);
+        let (m, n, k) = (65, 130, 1_100);
         let x = randn(m * k, 7);
         let w = randn(n * k, 8);
         let packed = PackedBf16::pack(&w, n, k);
-        let amx = packed.matmul_with(&x, m, Kernel::Amx);
+        let fast = packed.matmul_with(&x, m, kernel);
         let portable = packed.matmul_with(&x, m, Kernel::Portable);
         let scale = portable.iter().fold(0f32, |s, v| s.max(v.abs()));
-        let diff = amx
-            .iter()
-            .zip(&portable)
-            .fold(0f32, |s, (a, b)| s.max((a - b).abs()));
+        let diff = max_diff(&fast, &portable);
         assert!(
             diff <= 1e-5 * scale,
-            "AMX and portable differ by {diff} (scale {scale})"
+            "{kernel:?} and portable differ by {diff} (scale {scale})"
         );
+        true
+    }
+
+    /// On a CPU with AMX (checked by CPUID and the kernel's grant), the tile kernel meets the
+    /// same bound and agrees with the portable loop to within f32 rounding of the sums; on
+    /// any other CPU the test says it checked only the kernel that ran instead.
+    #[test]
+    fn the_amx_product_equals_the_portable_one_where_the_cpu_has_amx() {
+        check(Kernel::Amx);
+        equals_portable(Kernel::Amx);
+    }
+
+    /// The same for `vdpbf16ps` on a CPU with `avx512_bf16`; here the kernel's sums go
+    /// through a scratch buffer between chunks of `k`.
+    #[test]
+    fn the_dpbf16_product_equals_the_portable_one_where_the_cpu_has_avx512_bf16() {
+        check(Kernel::Dpbf16);
+        if equals_portable(Kernel::Dpbf16) {
+            // Accumulating over chunks of `k` into an output that already holds values.
+            let (m, n, k) = (9, 40, 2_100);
+            let x = randn(m * k, 9);
+            let packed = PackedBf16::pack(&randn(n * k, 10), n, k);
+            let mut a = SplitBf16::default();
+            a.fill(&x, m, k, (k, 1));
+            let init = randn(m * n, 11);
+            let (mut fast, mut portable) = (init.clone(), init.clone());
+            let store = Store { accumulate: true };
+            packed.product_into(&a, &mut fast, store, Kernel::Dpbf16);
+            packed.product_into(&a, &mut portable, store, Kernel::Portable);
+            let scale = portable.iter().fold(0f32, |s, v| s.max(v.abs()));
+            let diff = max_diff(&fast, &portable);
+            assert!(diff <= 1e-5 * scale, "accumulating: {diff} (scale {scale})");
+        }
     }
 
     /// `product_into` in the layouts the CPU student's output projection uses
-    /// (`distill::cpu_head`): the left operand split from a transposed source, the right one
-    /// packed from a column-contiguous source and from a strided one, and a scaled, transposed,
+    /// (`distill::cpu_head`): the left operand split from a transposed source and scaled, the
+    /// right one packed from a column-contiguous source and from a strided one, and an
     /// accumulating store. Each entry against an f64 sum with `check`'s bound, plus the f32
     /// rounding of the final addition.
     fn check_layouts(kernel: Kernel) {
@@ -974,7 +1234,7 @@ mod tests {
             let mut left = SplitBf16::default();
             // A first fill of another shape, so the buffers are reused with stale values.
             left.fill(&randn(70 * 90, 5), 70, 90, (90, 1));
-            left.fill(&a_t, m, k, (1, m));
+            left.fill_scaled(&a_t, m, k, (1, m), 0.25);
             assert_eq!(left.rows(), m);
             let mut from_columns = PackedBf16::empty();
             from_columns.repack(&randn(64 * 64, 6), 64, 64, (64, 1));
@@ -983,18 +1243,14 @@ mod tests {
             strided.repack(&b_wide, n, k, (2 * k, 2));
             assert_eq!(from_columns.unpack(), strided.unpack());
             let init = randn(m * n, 13);
-            let store = Store {
-                scale: 0.25,
-                accumulate: true,
-                transposed: true,
-            };
             for packed in [&from_columns, &strided] {
                 let mut out = init.clone();
-                packed.product_into(&left, &mut out, store, kernel);
+                packed.product_into(&left, &mut out, Store { accumulate: true }, kernel);
                 assert_within(kernel, (m, n, k), |i, j| {
+                    // 0.25 is a power of two: scaling before the split changes no rounding.
                     let (exact, bound) = reference(k, |l| a_t[l * m + i], |l| b_t[l * n + j]);
-                    let want = init[j * m + i] as f64 + 0.25 * exact;
-                    let err = (out[j * m + i] as f64 - want).abs();
+                    let want = init[i * n + j] as f64 + 0.25 * exact;
+                    let err = (out[i * n + j] as f64 - want).abs();
                     (err, 0.25 * bound + want.abs() * 2f64.powi(-23))
                 });
             }
@@ -1002,9 +1258,46 @@ mod tests {
     }
 
     #[test]
-    fn strided_operands_and_a_scaled_transposed_accumulating_store_meet_the_bound() {
+    fn strided_operands_and_a_scaled_accumulating_store_meet_the_bound() {
         check_layouts(Kernel::Portable);
         check_layouts(Kernel::Amx);
+        check_layouts(Kernel::Dpbf16);
+    }
+
+    /// [`SplitBf16::fill_rounded`]: each entry of `round(s·x) · round(W)ᵀ` on every kernel
+    /// this CPU has, against an f64 sum of the rounded values, within the f32 rounding of `2k`
+    /// additions alone (2⁻²⁴ of the products' magnitudes each: a product of two bf16 values is
+    /// exact). The split first holds a two-part fill of the same rows, so a kernel that read
+    /// its stale `lo` would be off by about 2⁻⁹, thousands of times the bound at these `k`
+    /// (one of them spans two chunks of `k`).
+    #[test]
+    fn one_part_products_are_the_rounded_activations_times_the_bf16_weights() {
+        for kernel in [Kernel::Portable, Kernel::Dpbf16, Kernel::Amx] {
+            if !kernel.is_available() {
+                eprintln!("this CPU lacks {kernel:?}: not checked");
+                continue;
+            }
+            for (m, n, k) in [(3, 17, 31), (33, 47, 33), (70, 33, 1_100)] {
+                let x = randn(m * k, 21 + m as u64);
+                let w = randn(n * k, 22 + n as u64);
+                let packed = PackedBf16::pack(&w, n, k);
+                let mut a = SplitBf16::default();
+                a.fill(&x, m, k, (k, 1));
+                a.fill_rounded(&x, m, k, (k, 1), 0.5);
+                let mut y = vec![f32::NAN; m * n];
+                packed.product_into(&a, &mut y, Store::PLAIN, kernel);
+                assert_within(kernel, (m, n, k), |i, j| {
+                    let (mut exact, mut mag) = (0f64, 0f64);
+                    for l in 0..k {
+                        let p = round(0.5 * x[i * k + l]) * round(w[j * k + l]);
+                        exact += p;
+                        mag += p.abs();
+                    }
+                    let err = (y[i * n + j] as f64 - exact).abs();
+                    (err, mag * 2.0 * k as f64 * 2f64.powi(-24))
+                });
+            }
+        }
     }
 
     #[test]

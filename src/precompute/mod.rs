@@ -99,7 +99,7 @@ pub fn run(opts: &PrecomputeOptions, out: &mut dyn Write) -> Result<PrecomputeSu
     if load_dtype != opts.dtype.dtype() {
         let kernel = Kernel::best();
         let advice = match kernel {
-            Kernel::Amx => "",
+            Kernel::Amx | Kernel::Dpbf16 => "",
             Kernel::Portable => "; --dtype f32 is faster here",
         };
         writeln!(
