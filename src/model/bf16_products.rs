@@ -129,16 +129,93 @@ fn to_bf16_bits(x: f32) -> u16 {
 }
 
 crate::vexp::kernel! {
-    /// One panel of [`PackedBf16::repack`]: the 16 columns from `col0`, every `k` block, in
-    /// vector code for the CPU's widest of AVX-512 and AVX2.
-    fn pack_panel(
+    /// Consecutive panels of [`PackedBf16::repack`] (`panels` holds whole ones): the 16 columns
+    /// from `col0` of the first, every `k` block, in vector code for the CPU's widest of
+    /// AVX-512 and AVX2.
+    fn pack_panels(
         src: &[f32],
         nk: (usize, usize),
         strides: (usize, usize),
         kp: usize,
         col0: usize,
-        panel: &mut [u32]
-    ) = pack_panel_body;
+        panels: &mut [u32]
+    ) = pack_panels_body;
+}
+
+/// Panels one task of [`PackedBf16::repack`] packs.
+const PACK_PANELS: usize = 4;
+
+#[inline(always)]
+fn pack_panels_body(
+    src: &[f32],
+    nk: (usize, usize),
+    (ns, ks): (usize, usize),
+    kp: usize,
+    col0: usize,
+    panels: &mut [u32],
+) {
+    let panel_len = kp / TILE_K * TILE * TILE;
+    if ns == 1 && ks != 1 {
+        // Columns are runs of `src`: one pair of source rows at a time across every panel, so
+        // each row is read in runs of 64 columns (256 bytes) rather than in single lines a
+        // row apart (`ks` values, often a page or more).
+        let count = panels.len() / panel_len;
+        for pair in 0..kp / 2 {
+            for p in 0..count {
+                let at = p * panel_len + pair * TILE;
+                pack_pair(
+                    src,
+                    nk,
+                    (ns, ks),
+                    col0 + p * TILE,
+                    pair,
+                    &mut panels[at..at + TILE],
+                );
+            }
+        }
+        return;
+    }
+    // The rows of `ks == 1`, kept from one panel to the next.
+    let mut rows = Vec::new();
+    for (p, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
+        pack_panel_body(src, nk, (ns, ks), kp, col0 + p * TILE, panel, &mut rows);
+    }
+}
+
+/// Row `pair` of a panel's tiles (`k = 2·pair` and `2·pair + 1` of the 16 columns from
+/// `col0`): `entries` holds its 16 values.
+#[inline(always)]
+fn pack_pair(
+    src: &[f32],
+    (n, k): (usize, usize),
+    (ns, ks): (usize, usize),
+    col0: usize,
+    pair: usize,
+    entries: &mut [u32],
+) {
+    let (k0, k1) = (2 * pair, 2 * pair + 1);
+    if ns == 1 && col0 + TILE <= n && k1 < k {
+        let (a, b) = (k0 * ks + col0, k1 * ks + col0);
+        for ((e, &x0), &x1) in entries
+            .iter_mut()
+            .zip(&src[a..a + TILE])
+            .zip(&src[b..b + TILE])
+        {
+            *e = to_bf16_bits(x0) as u32 | (to_bf16_bits(x1) as u32) << 16;
+        }
+        return;
+    }
+    for (c, e) in entries.iter_mut().enumerate() {
+        let col = col0 + c;
+        let at = |l: usize| {
+            if col < n && l < k {
+                to_bf16_bits(src[col * ns + l * ks]) as u32
+            } else {
+                0
+            }
+        };
+        *e = at(k0) | at(k1) << 16;
+    }
 }
 
 #[inline(always)]
@@ -149,10 +226,12 @@ fn pack_panel_body(
     kp: usize,
     col0: usize,
     panel: &mut [u32],
+    rows: &mut Vec<u16>,
 ) {
     if ks == 1 {
         // The panel's 16 rows rounded to bf16, each padded with zeros to `kp`.
-        let mut rows = vec![0u16; TILE * kp];
+        rows.clear();
+        rows.resize(TILE * kp, 0);
         for (c, row) in rows.chunks_mut(kp).enumerate() {
             if col0 + c < n {
                 let at = (col0 + c) * ns;
@@ -170,30 +249,7 @@ fn pack_panel_body(
         return;
     }
     for (pair, entries) in panel.chunks_exact_mut(TILE).enumerate() {
-        // Row `pair` of the panel's tiles holds k = 2·pair and 2·pair + 1.
-        let (k0, k1) = (2 * pair, 2 * pair + 1);
-        if ns == 1 && col0 + TILE <= n && k1 < k {
-            let (a, b) = (k0 * ks + col0, k1 * ks + col0);
-            for ((e, &x0), &x1) in entries
-                .iter_mut()
-                .zip(&src[a..a + TILE])
-                .zip(&src[b..b + TILE])
-            {
-                *e = to_bf16_bits(x0) as u32 | (to_bf16_bits(x1) as u32) << 16;
-            }
-            continue;
-        }
-        for (c, e) in entries.iter_mut().enumerate() {
-            let col = col0 + c;
-            let at = |l: usize| {
-                if col < n && l < k {
-                    to_bf16_bits(src[col * ns + l * ks]) as u32
-                } else {
-                    0
-                }
-            };
-            *e = at(k0) | at(k1) << 16;
-        }
+        pack_pair(src, (n, k), (ns, ks), col0, pair, entries);
     }
 }
 
@@ -366,9 +422,11 @@ impl PackedBf16 {
             self.data.resize(np * kp / 2, 0);
         }
         self.data[..np * kp / 2]
-            .par_chunks_mut(k_blocks * TILE * TILE)
+            .par_chunks_mut(PACK_PANELS * k_blocks * TILE * TILE)
             .enumerate()
-            .for_each(|(nb, panel)| pack_panel(src, (n, k), (ns, ks), kp, nb * TILE, panel));
+            .for_each(|(t, panels)| {
+                pack_panels(src, (n, k), (ns, ks), kp, t * PACK_PANELS * TILE, panels)
+            });
     }
 
     /// Output features (the weight's rows).
